@@ -1,0 +1,2 @@
+"""lowshot: a feature-caching low-shot recognition benchmark harness."""
+__version__ = "0.1.0"

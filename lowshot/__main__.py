@@ -1,0 +1,3 @@
+from lowshot.cli import main
+
+main()

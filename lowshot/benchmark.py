@@ -1,0 +1,172 @@
+"""Stage 4: the low-shot grid. One cell = (head, n, experiment id, setup) -> one result JSON.
+
+Features are read once per process; the base rows of the setup are shared by every cell.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from lowshot.config import pick_device, versions
+from lowshot.errors import InputError
+from lowshot.generators import GENERATORS
+from lowshot.heads import HEADS, Task, create_head
+from lowshot.io.features import FeatureSet, read_features
+from lowshot.io.results import has_result, result_path, write_result
+from lowshot.io.splits import LabelSplits, load_label_splits, load_shots
+from lowshot.metrics import cell_metrics
+
+SHOTS = (1, 2, 5, 10, 20)
+EXPERIMENTS = (1, 2, 3, 4, 5)
+
+
+@dataclass
+class BenchmarkConfig:
+    run: str = "runs/demo"
+    heads: List[str] = field(default_factory=lambda: ["logreg"])
+    head_params: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # head name -> kwargs
+    ns: List[int] = field(default_factory=lambda: list(SHOTS))
+    expids: Optional[List[int]] = None  # default: $SLURM_ARRAY_TASK_ID if set, else 1..5
+    setup: int = 2
+    generator: Optional[str] = None
+    generator_file: Optional[str] = None  # default: <run>/generator/generator.pt
+    max_per_label: int = 0
+    features_dir: Optional[str] = None  # default: <run>/features
+    splits: Optional[str] = None  # default: label_splits/<dataset>.json
+    shots_dir: Optional[str] = None  # default: experiment_cfgs/<dataset>
+    out_dir: Optional[str] = None  # default: <run>/results
+    seed: int = 0
+    device: str = "auto"
+    force: bool = False
+
+
+def default_expids() -> List[int]:
+    """`$SLURM_ARRAY_TASK_ID` (one experiment per array job) when set, else all five."""
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return [int(task)] if task else list(EXPERIMENTS)
+
+
+@dataclass
+class Context:
+    """Everything the cells of one process share, loaded once."""
+
+    cfg: BenchmarkConfig
+    train: FeatureSet
+    test: FeatureSet
+    splits: LabelSplits
+    shots_dir: Path
+    out_dir: Path
+    device: torch.device
+    base_feats: torch.Tensor
+    base_labels: torch.Tensor
+    test_feats: torch.Tensor
+    test_labels: torch.Tensor
+    task: Task
+    generator_state: Any = None
+
+
+def load_context(cfg: BenchmarkConfig) -> Context:
+    """Read features, splits and the generator; keep the setup's base and test rows on the device."""
+    fdir = Path(cfg.features_dir or Path(cfg.run) / "features")
+    train, test = read_features(fdir / "train.hdf5"), read_features(fdir / "test.hdf5")
+    dataset = train.attrs.get("dataset")
+    if (cfg.splits is None or cfg.shots_dir is None) and not dataset:
+        raise InputError(fdir / "train.hdf5", "records no data set: pass --splits and --shots-dir")
+    splits = load_label_splits(cfg.splits or Path("label_splits") / f"{dataset}.json")
+    _check_compatible(train, test, splits, cfg.splits or f"label_splits/{dataset}.json")
+    device = pick_device(cfg.device)
+    base, novel = splits.setup(cfg.setup)
+    on = np.isin(train.labels, base)
+    keep = np.isin(test.labels, np.concatenate([base, novel]))
+    task = Task(splits.num_classes, base, novel, _tensor(train.classifier_weight, device), train.classifier_scale,
+                cfg.run, cfg.seed, device)
+    ctx = Context(cfg, train, test, splits, Path(cfg.shots_dir or Path("experiment_cfgs") / dataset),
+                  Path(cfg.out_dir or Path(cfg.run) / "results"), device,
+                  _tensor(train.feats[on], device), _tensor(train.labels[on], device),
+                  _tensor(test.feats[keep], device), _tensor(test.labels[keep], device), task)
+    if cfg.generator:
+        gen_file = cfg.generator_file or str(Path(cfg.run) / "generator" / "generator.pt")
+        ctx.generator_state = GENERATORS.get(cfg.generator).init(gen_file, device, train)
+    return ctx
+
+
+def _tensor(a: Optional[np.ndarray], device) -> Optional[torch.Tensor]:
+    return None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+
+def _check_compatible(train: FeatureSet, test: FeatureSet, splits: LabelSplits, splits_path) -> None:
+    if test.dim != train.dim:
+        raise InputError(test.path, f"feature dimension {test.dim} does not match {train.path} ({train.dim})")
+    for fs in (train, test):
+        if len(fs.labels) and fs.labels.max() >= splits.num_classes:
+            raise InputError(fs.path, f"label {fs.labels.max()} is outside the label space of {splits_path} "
+                                      f"({splits.num_classes} classes)")
+
+
+def cell_identity(ctx: Context, head: str, params: Dict[str, Any], n: int, expid: int) -> Dict[str, Any]:
+    cfg = ctx.cfg
+    gen = {"name": cfg.generator, "max_per_label": cfg.max_per_label} if cfg.generator else None
+    return {"representation": Path(cfg.run).name, "head": head, "head_params": params, "generator": gen,
+            "n": n, "expid": expid, "setup": cfg.setup, "seed": cfg.seed}
+
+
+def cell_seed(seed: int, expid: int, n: int) -> int:
+    return int(np.random.SeedSequence([seed, expid, n]).generate_state(1)[0])
+
+
+def training_set(ctx: Context, n: int, expid: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All base rows of the setup + the first n shots of each novel class (+ generated rows)."""
+    _, novel = ctx.splits.setup(ctx.cfg.setup)
+    idx = load_shots(ctx.shots_dir / f"splitfile_{expid}.json", ctx.train.labels, novel, n)
+    feats, labels = _tensor(ctx.train.feats[idx], ctx.device), _tensor(ctx.train.labels[idx], ctx.device)
+    if ctx.cfg.generator:
+        plugin = GENERATORS.get(ctx.cfg.generator)
+        feats, labels = plugin.generate(feats, labels, ctx.generator_state, ctx.cfg.max_per_label, seed)
+    return torch.cat([ctx.base_feats, feats]), torch.cat([ctx.base_labels, labels])
+
+
+def run_cell(ctx: Context, head_name: str, n: int, expid: int) -> Optional[Path]:
+    """Fit one head on one cell's training set, score the test rows, write the result JSON."""
+    head = create_head(head_name, **ctx.cfg.head_params.get(head_name, {}))
+    identity = cell_identity(ctx, head_name, head.get_params(), n, expid)
+    path = result_path(ctx.out_dir, identity)
+    if not ctx.cfg.force and has_result(path, identity):
+        return None
+    seed = cell_seed(ctx.cfg.seed, expid, n)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    feats, labels = training_set(ctx, n, expid, seed)
+    task = dataclasses.replace(ctx.task, seed=seed)
+    head.fit(feats, labels, task)
+    scores = head.scores(ctx.test_feats)
+    metrics = cell_metrics(scores, ctx.test_labels, task.base_classes, task.novel_classes)
+    write_result(path, {**identity, **metrics, "cell_seed": seed, "wall_time_s": time.perf_counter() - start,
+                        "num_train_rows": len(labels), "features": ctx.train.path, "versions": versions()})
+    return path
+
+
+def benchmark(cfg: BenchmarkConfig) -> List[Path]:
+    """Run every requested cell that has no result yet; returns the paths written."""
+    if cfg.max_per_label and min(cfg.ns) > cfg.max_per_label:
+        raise InputError(None, f"--max-per-label {cfg.max_per_label} is below every n {cfg.ns}: nothing to generate")
+    for name in cfg.heads:
+        HEADS.get(name)
+    cfg.expids = cfg.expids or default_expids()
+    ctx = load_context(cfg)
+    ctx.task.cache.clear()
+    written = []
+    for head in cfg.heads:
+        for n in cfg.ns:
+            for expid in cfg.expids:
+                path = run_cell(ctx, head, n, expid)
+                if path:
+                    written.append(path)
+                    print(f"{head:>12} n={n:<2} exp={expid} -> {path.name}", flush=True)
+    return written

@@ -1,0 +1,199 @@
+"""The `lowshot` command: one thin command per stage; the stage functions do the work.
+
+Every command takes `--config FILE.json` and repeated `--set key=value` (value parsed as JSON
+when it can be) on top of its flags: dataclass defaults < config file < --set < flags.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from lowshot.errors import InputError
+
+
+class Group(click.Group):
+    """Bad input becomes one `Error: <file>: <problem>` line and exit status 1, no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except InputError as e:
+            raise click.ClickException(str(e)) from None
+
+
+def _overrides(sets) -> dict:
+    out = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--set")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def common(f):
+    """--config, --set, --seed and --device, shared by the stage commands."""
+    f = click.option("--device", default=None, help="auto (GPU if present), cpu, cuda, cuda:1 ... [default: auto]")(f)
+    f = click.option("--seed", type=int, default=None, help="Seed recorded in every output [default: 0].")(f)
+    f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field.")(f)
+    return click.option("--config", type=click.Path(dir_okay=False), default=None, help="JSON config file.")(f)
+
+
+def _resolve(cls, config, sets, **flags):
+    from lowshot.config import resolve_config
+    return resolve_config(cls, config, **{**_overrides(sets), **{k: v for k, v in flags.items() if v is not None}})
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="lowshot")
+def main():
+    """Low-shot recognition benchmark: data → train → features → [generate] → benchmark → report."""
+
+
+@main.command()
+@click.option("--dataset", default="glyphs", help="Registered data set.")
+@click.option("--dataset-args", default="{}", help="JSON keyword arguments of the data set loader.")
+@click.option("--seed", type=int, default=0)
+@click.option("--force", is_flag=True, help="Rewrite split and shot files that exist.")
+def data(dataset, dataset_args, seed, force):
+    """Make a data set available; write label_splits/<name>.json and experiment_cfgs/<name>/splitfile_{1..5}.json."""
+    from lowshot.data.prepare import prepare_data
+    for path in prepare_data(dataset, json.loads(dataset_args), seed, force=force):
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--run", default=None, help="Run folder (or name under runs/).")
+@click.option("--backbone", default=None, help="resnet10 | resnet18 | resnet34 | resnet50 | resnet101")
+@click.option("--classifier", default=None, help="linear | cosine")
+@click.option("--aux-loss", default=None, help="none | l2 | sgm | batchsgm")
+@click.option("--aux-weight", type=float, default=None)
+@click.option("--epochs", type=int, default=None)
+@common
+def train(run, backbone, classifier, aux_loss, aux_weight, epochs, config, sets, seed, device):
+    """Train a representation on the base classes (resumes from <run>/checkpoints/last.pt)."""
+    from lowshot.config import run_dir
+    from lowshot.train import TrainConfig, train as train_stage
+    cfg = _resolve(TrainConfig, config, sets, run=run and run_dir(run), backbone=backbone, classifier=classifier,
+                   aux_loss=aux_loss, aux_weight=aux_weight, epochs=epochs, seed=seed, device=device)
+    click.echo(f"checkpoint: {train_stage(cfg)}")
+
+
+@main.command()
+@click.option("--run", default=None, help="Run folder (or name under runs/).")
+@click.option("--checkpoint", default=None, help="[default: <run>/checkpoints/last.pt]")
+@click.option("--force", is_flag=True, default=None)
+@common
+def features(run, checkpoint, force, config, sets, seed, device):
+    """Cache penultimate features of every train and test image in <run>/features/{train,test}.hdf5."""
+    from lowshot.config import run_dir
+    from lowshot.features import FeaturesConfig, features as features_stage
+    cfg = _resolve(FeaturesConfig, config, sets, run=run and run_dir(run), checkpoint=checkpoint, force=force,
+                   device=device)
+    features_stage(cfg)
+
+
+@main.command()
+@click.option("--run", default=None, help="Run folder (or name under runs/).")
+@click.option("--force", is_flag=True, default=None)
+@common
+def generate(run, force, config, sets, seed, device):
+    """Train the analogy-based feature generator on base-class features (<run>/generator/)."""
+    from lowshot.config import run_dir
+    from lowshot.generate import GenerateConfig, generate as generate_stage
+    cfg = _resolve(GenerateConfig, config, sets, run=run and run_dir(run), force=force, seed=seed, device=device)
+    click.echo(f"generator: {generate_stage(cfg)}")
+
+
+@main.command("train-matching")
+@click.option("--run", default=None, help="Run folder (or name under runs/).")
+@click.option("--force", is_flag=True, default=None)
+@common
+def train_matching(run, force, config, sets, seed, device):
+    """Train the matching network episodically on base-class features (<run>/heads/matching.pt)."""
+    from lowshot.config import run_dir
+    from lowshot.heads.matching import MatchingTrainConfig, train_matching as stage
+    cfg = _resolve(MatchingTrainConfig, config, sets, run=run and run_dir(run), force=force, seed=seed, device=device)
+    click.echo(f"matching network: {stage(cfg)}")
+
+
+def _heads(value):
+    from lowshot.heads import HEADS
+    names = HEADS.names() if value == "all" else [h.strip() for h in value.split(",") if h.strip()]
+    for name in names:
+        HEADS.get(name)
+    return names
+
+
+@main.command()
+@click.option("--run", default=None, help="Run folder (or name under runs/).")
+@click.option("--heads", default="logreg", help="Comma-separated head names, or 'all'.")
+@click.option("--n", "ns", default="1,2,5,10,20", help="Comma-separated shot counts.")
+@click.option("--expid", default=None, help="Experiment ids, comma-separated [default: $SLURM_ARRAY_TASK_ID or 1-5].")
+@click.option("--setup", type=click.Choice(["1", "2"]), default=None, help="1 = validation, 2 = test [default: 2].")
+@click.option("--solver", default=None, help="logreg solver: lbfgs (fast, default) | hg (H&G's SGD schedule).")
+@click.option("--generator", default=None, help="Feature generator (e.g. analogies).")
+@click.option("--max-per-label", type=int, default=None, help="Generate up to M examples per novel class.")
+@click.option("--force", is_flag=True, default=None, help="Recompute cells that have results.")
+@common
+def benchmark(run, heads, ns, expid, setup, solver, generator, max_per_label, force, config, sets, seed, device):
+    """Run the low-shot grid: one result JSON per (head, n, experiment) under <run>/results/."""
+    from lowshot.benchmark import BenchmarkConfig, benchmark as benchmark_stage
+    from lowshot.config import run_dir
+    cfg = _resolve(BenchmarkConfig, config, sets, run=run and run_dir(run), heads=_heads(heads),
+                   ns=[int(x) for x in ns.split(",")], expids=expid and [int(x) for x in expid.split(",")],
+                   setup=setup and int(setup), generator=generator, max_per_label=max_per_label, force=force,
+                   seed=seed, device=device)
+    if solver:
+        cfg.head_params.setdefault("logreg", {})["solver"] = solver
+    click.echo(f"{len(benchmark_stage(cfg))} new result files")
+
+
+@main.command()
+@click.option("--run", default=None, help="Run folder (or name under runs/).")
+@common
+def episodes(run, config, sets, seed, device):
+    """Episodic N-way K-shot evaluation on novel-class test features (mean ± 95 % interval)."""
+    from lowshot.config import run_dir
+    from lowshot.episodes import EpisodesConfig, episodes as episodes_stage
+    cfg = _resolve(EpisodesConfig, config, sets, run=run and run_dir(run), seed=seed, device=device)
+    click.echo(episodes_stage(cfg))
+
+
+@main.command()
+@click.argument("results", nargs=-1)
+@click.option("--out", "out_dir", default=None, help="Folder for CSVs and the plot [default: <results>/../report].")
+@click.option("--compare", nargs=2, default=None, metavar="A B", help="Paired differences of method A minus B.")
+@click.option("--no-plot", is_flag=True)
+def report(results, out_dir, compare, no_plot):
+    """Tables (markdown on stdout, CSV files) and a plot from result folders [default: runs/demo/results]."""
+    from lowshot.report import ReportConfig, report as report_stage
+    cfg = ReportConfig(list(results) or ["runs/demo/results"], out_dir, list(compare) if compare else None, not no_plot)
+    click.echo(report_stage(cfg))
+
+
+main.add_command(report, "parse")
+
+
+@main.command()
+@click.option("--run", required=True, help="Run folder (or name under runs/).")
+@click.option("--heads", default="logreg")
+@click.option("--out", default="benchmark.sbatch", type=click.Path(dir_okay=False))
+@click.option("--extra", default="", help="More `lowshot benchmark` options, verbatim.")
+def slurm(run, heads, out, extra):
+    """Write an sbatch script running the grid as a job array, one job per experiment id."""
+    from lowshot.config import run_dir
+    from lowshot.io.atomic import atomic_path
+    script = "\n".join(["#!/bin/bash", "#SBATCH --job-name=lowshot", "#SBATCH --array=1-5", "#SBATCH --cpus-per-task=4",
+                        f"#SBATCH --output={run_dir(run)}/slurm-%A_%a.out",
+                        f"{sys.executable} -m lowshot benchmark --run {run_dir(run)} --heads {heads} {extra}".rstrip(), ""])
+    with atomic_path(out) as tmp:
+        tmp.write_text(script)
+    os.chmod(out, 0o755)
+    click.echo(f"wrote {out}: submit with `sbatch {out}` (each job reads $SLURM_ARRAY_TASK_ID)")

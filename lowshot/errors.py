@@ -1,0 +1,9 @@
+"""The one exception type for bad input: the CLI prints its message as a single line."""
+
+
+class InputError(Exception):
+    """Bad user input (a file, an option): the message names the file and the problem."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{path}: {problem}" if path is not None else problem)

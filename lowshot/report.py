@@ -1,0 +1,211 @@
+"""Stage 5: tables and plots from result JSONs (the H&G README tables, with 95 % intervals)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lowshot.errors import InputError
+from lowshot.io.atomic import atomic_path
+from lowshot.io.results import ACC_NAMES, read_results
+from lowshot.stats import mean_ci
+
+METRICS = ACC_NAMES + ("novel_precision", "harmonic_mean_top1", "wang_novel_top5", "wang_all_top5",
+                       "wang_all_prior_top5")
+HG_COLUMNS = {"top1_novel": "Novel top-1", "top5_novel": "Novel top-5", "top1_base": "Base top-1",
+              "top5_base": "Base top-5", "top1_all": "All top-1", "top5_all": "All top-5"}
+GROUP = ["representation", "method", "setup"]
+
+
+@dataclass
+class ReportConfig:
+    results: List[str] = field(default_factory=lambda: ["runs/demo/results"])
+    out_dir: Optional[str] = None  # default: the first results folder's parent / "report"
+    compare: Optional[List[str]] = None  # two method names: paired differences
+    plot: bool = True
+
+
+def method_name(r: dict) -> str:
+    """Head name, non-default options aside, plus the generator: e.g. `logreg+analogies(M=20)`."""
+    name = r["head"]
+    if r.get("generator"):
+        name += f"+{r['generator']['name']}(M={r['generator']['max_per_label']})"
+    return name
+
+
+def long_table(results: Sequence[dict]) -> pd.DataFrame:
+    """One row per cell, metrics in percent."""
+    rows = []
+    for r in results:
+        row = {"representation": r["representation"], "method": method_name(r), "setup": r["setup"],
+               "n": r["n"], "expid": r["expid"], "head": r["head"], "head_params": json.dumps(r["head_params"], sort_keys=True),
+               "seed": r["seed"], "wall_time_s": r.get("wall_time_s")}
+        row.update({k: 100 * v for k, v in zip(ACC_NAMES, r["accs"])})
+        row.update({k: 100 * r[k] for k in METRICS[6:] if k in r})
+        rows.append(row)
+    if not rows:
+        raise InputError(None, "no result files found")
+    return pd.DataFrame(rows).sort_values(GROUP + ["n", "expid"], kind="stable").reset_index(drop=True)
+
+
+def _check_unique(df: pd.DataFrame) -> None:
+    dup = df[df.duplicated(GROUP + ["n", "expid"], keep=False)]
+    if len(dup):
+        d = dup.iloc[0]
+        raise InputError(None, f"two results for {d['method']} n={d['n']} exp={d['expid']} with different options "
+                               f"({', '.join(sorted(set(dup['head_params'])))}); report their folders separately")
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean, 95 % half-width and N over experiments, per (representation, method, setup, n, metric)."""
+    out = []
+    for key, g in df.groupby(GROUP + ["n"], sort=True):
+        for m in METRICS:
+            if m in g:
+                mean, ci, n = mean_ci(g[m].to_numpy(float))
+                out.append(dict(zip(GROUP + ["n"], key), metric=m, mean=mean, ci95=ci, runs=n))
+    return pd.DataFrame(out)
+
+
+def missing_cells(df: pd.DataFrame) -> List[str]:
+    """Cells of the grid (every n × every experiment seen) that a method lacks."""
+    ns, exps = sorted(df["n"].unique()), sorted(df["expid"].unique())
+    out = []
+    for key, g in df.groupby(GROUP):
+        have = set(zip(g["n"], g["expid"]))
+        lack = [f"n={n} exp={e}" for n in ns for e in exps if (n, e) not in have]
+        if lack:
+            out.append(f"{' / '.join(map(str, key))}: missing {', '.join(lack)}")
+    return out
+
+
+def _fmt(mean: float, ci: float) -> str:
+    return f"{mean:.2f}" if np.isnan(ci) else f"{mean:.2f} ± {ci:.2f}"
+
+
+def hg_tables(summ: pd.DataFrame) -> str:
+    """Markdown: per method, rows n, columns the six H&G accuracies (mean ± 95 % interval, in %)."""
+    parts = []
+    for key, g in summ[summ["metric"].isin(HG_COLUMNS)].groupby(GROUP, sort=True):
+        rep, method, setup = key
+        runs = int(g["runs"].min())
+        wide = g.assign(cell=[_fmt(m, c) for m, c in zip(g["mean"], g["ci95"])]).pivot(index="n", columns="metric", values="cell")
+        wide = wide[list(HG_COLUMNS)].rename(columns=HG_COLUMNS)
+        parts.append(f"### {rep} / {method} (setup {setup}, {runs} experiments per row)\n\n{_markdown(wide)}")
+    return "\n\n".join(parts)
+
+
+def comparison_tables(summ: pd.DataFrame, metrics: Sequence[str] = ("top1_novel", "top5_novel", "top1_base",
+                                                                    "top1_all", "novel_precision")) -> str:
+    """Markdown: one table per metric, rows = representation/method, columns = n."""
+    parts = []
+    for m in metrics:
+        g = summ[summ["metric"] == m]
+        if g.empty:
+            continue
+        g = g.assign(row=g["representation"] + " / " + g["method"],
+                     cell=[_fmt(a, c) for a, c in zip(g["mean"], g["ci95"])])
+        wide = g.pivot(index="row", columns="n", values="cell")
+        wide.columns = [f"n={n}" for n in wide.columns]
+        parts.append(f"### {m}\n\n{_markdown(wide)}")
+    return "\n\n".join(parts)
+
+
+def paired_difference(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Per n, the mean of (A − B) over the shared draws (same representation, setup, experiment)."""
+    for name in (a, b):
+        if name not in set(df["method"]):
+            raise InputError(None, f"--compare: no results for method {name!r}; have {sorted(set(df['method']))}")
+    keys = ["representation", "setup", "n", "expid"]
+    merged = df[df["method"] == a].merge(df[df["method"] == b], on=keys, suffixes=("_a", "_b"))
+    rows = []
+    for (rep, setup, n), g in merged.groupby(["representation", "setup", "n"]):
+        for m in ("top1_novel", "top5_novel", "top1_base", "top1_all"):
+            mean, ci, runs = mean_ci((g[m + "_a"] - g[m + "_b"]).to_numpy(float))
+            rows.append({"representation": rep, "setup": setup, "n": n, "metric": m, "difference": mean,
+                         "ci95": ci, "runs": runs, "significant": bool(abs(mean) > ci) if runs > 1 else False})
+    return pd.DataFrame(rows)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    header = "| " + " | ".join([str(df.index.name or "")] + [str(c) for c in df.columns]) + " |"
+    rule = "|" + "---|" * (len(df.columns) + 1)
+    body = ["| " + " | ".join([str(i)] + [str(v) for v in row]) + " |" for i, row in zip(df.index, df.to_numpy())]
+    return "\n".join([header, rule] + body)
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
+
+
+def plot(summ: pd.DataFrame, path: Path) -> None:
+    """Accuracy against n, one line per method with its shaded 95 % interval, one panel per metric."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ["top1_novel", "top5_novel", "top1_base", "top1_all"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharex=True)
+    for ax, m in zip(axes, panels):
+        for (rep, method), g in summ[summ["metric"] == m].groupby(["representation", "method"]):
+            g = g.sort_values("n")
+            line, = ax.plot(g["n"], g["mean"], marker="o", ms=3, label=f"{rep} / {method}")
+            ax.fill_between(g["n"], g["mean"] - g["ci95"].fillna(0), g["mean"] + g["ci95"].fillna(0),
+                            color=line.get_color(), alpha=0.2)
+        ax.set(xscale="log", xticks=[1, 2, 5, 10, 20], xticklabels=["1", "2", "5", "10", "20"],
+               xlabel="shots per novel class (n)", ylabel=f"{m} (%)", title=m)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def report(cfg: ReportConfig) -> str:
+    """Write CSVs (+ plot) under `out_dir` and return the markdown tables."""
+    results = [r for d in cfg.results for r in _read_dir(d)]
+    df = long_table(results)
+    _check_unique(df)
+    summ = summary(df)
+    out = Path(cfg.out_dir or Path(cfg.results[0]).parent / "report")
+    _write_csv(df, out / "results_long.csv")
+    _write_csv(summ, out / "summary.csv")
+    for m in METRICS:
+        g = summ[summ["metric"] == m]
+        if len(g):
+            _write_csv(g.pivot_table(index=["representation", "method", "setup"], columns="n", values=["mean", "ci95"]).reset_index()
+                       .pipe(_flatten), out / f"table_{m}.csv")
+    text = [hg_tables(summ)]
+    if df["method"].nunique() > 1 or df["representation"].nunique() > 1:
+        text.append("## Comparison across methods (mean ± 95 % interval over experiments, %)\n\n" + comparison_tables(summ))
+    if cfg.compare:
+        diff = paired_difference(df, *cfg.compare)
+        _write_csv(diff, out / "compare.csv")
+        text.append(f"## Paired difference {cfg.compare[0]} − {cfg.compare[1]} (points)\n\n" + _markdown(
+            diff.assign(cell=[_fmt(a, c) for a, c in zip(diff["difference"], diff["ci95"])])
+            .pivot(index="n", columns="metric", values="cell")))
+    lack = missing_cells(df)
+    if lack:
+        text.append("**Missing cells** (means above use only the experiments present):\n" + "\n".join(f"- {x}" for x in lack))
+    if cfg.plot:
+        plot(summ, out / "accuracy_vs_n.png")
+    text.append(f"CSV tables and plot written to {out}/")
+    return "\n\n".join(text)
+
+
+def _flatten(df: pd.DataFrame) -> pd.DataFrame:
+    df.columns = ["_".join(str(c) for c in col if c != "").replace("mean_", "n") .replace("ci95_", "ci95_n")
+                  if isinstance(col, tuple) else col for col in df.columns]
+    return df
+
+
+def _read_dir(d: str) -> List[dict]:
+    if not Path(d).is_dir():
+        raise InputError(d, "results folder not found (run `lowshot benchmark` first)")
+    return read_results(d)
