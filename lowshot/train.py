@@ -189,6 +189,8 @@ def train(cfg: TrainConfig) -> Path:
         if epoch % cfg.save_every == 0 or epoch == cfg.epochs - 1:
             save_checkpoint(ckpt_dir / f"{epoch}.pt", model, opt, sched, epoch, cfg)
         save_checkpoint(ckpt_dir / "last.pt", model, opt, sched, epoch, cfg)
+    if cfg.epochs == 0:  # an untrained network: the random-initialisation baseline
+        save_checkpoint(ckpt_dir / "last.pt", model, opt, sched, -1, cfg)
     return ckpt_dir / "last.pt"
 
 

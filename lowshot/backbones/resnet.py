@@ -118,3 +118,17 @@ def resnet50(**kw) -> ResNet:
 @BACKBONES.register("resnet101")
 def resnet101(**kw) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 23, 3), **kw)
+
+
+class Pixels(nn.Module):
+    """Raw pixels as features (a reference row for tables): images resized to 32×32 and flattened."""
+
+    def __init__(self, in_channels: int = 3, **_: object):
+        super().__init__()
+        self.num_features = in_channels * 32 * 32
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.adaptive_avg_pool2d(x, 32).flatten(1)
+
+
+BACKBONES.register("pixels")(Pixels)

@@ -1,0 +1,70 @@
+# lowshot: `make demo` runs the whole pipeline on the embedded glyph data set; `make test` runs the tests.
+# Both create .venv and install the package into it when needed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+LOWSHOT := $(BIN)/lowshot
+RUN    ?= runs/demo
+TRAIN_CONFIG ?= configs/demo_train.json
+HEADS  ?= all
+SEED   ?= 0
+# torch/torchvision known to work together on this machine (setup.cfg holds lower bounds only)
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test data train features generate train-matching benchmark benchmark-gen episodes report baselines clean-demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_PINS) 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import lowshot.cli, torch, torchvision, h5py, pandas"
+	touch $@
+
+data: install
+	$(LOWSHOT) data --dataset glyphs --seed $(SEED)
+
+train: data
+	$(LOWSHOT) train --config $(TRAIN_CONFIG) --run $(RUN) --seed $(SEED)
+
+features: install
+	$(LOWSHOT) features --run $(RUN)
+
+generate: install
+	$(LOWSHOT) generate --run $(RUN) --seed $(SEED)
+
+train-matching: install
+	$(LOWSHOT) train-matching --run $(RUN) --seed $(SEED)
+
+benchmark: install
+	$(LOWSHOT) benchmark --run $(RUN) --heads $(HEADS) --seed $(SEED)
+
+# logistic regression on hallucinated + real shots, topped up to 5 and to 20 per class
+benchmark-gen: install
+	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator analogies --max-per-label 5 --n 1,2,5 --seed $(SEED)
+	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator analogies --max-per-label 20 --seed $(SEED)
+
+episodes: install
+	$(LOWSHOT) episodes --run $(RUN) --seed $(SEED)
+
+report: install
+	$(LOWSHOT) report $(RUN)/results
+
+demo: train features generate train-matching benchmark benchmark-gen report
+
+test: install
+	$(BIN)/python -m pytest -q
+
+# the README's reference rows: raw pixels and a randomly initialised network through the same grid
+baselines: data
+	$(LOWSHOT) train --config configs/baseline_pixels.json --run runs/pixels --seed $(SEED)
+	$(LOWSHOT) features --run runs/pixels
+	$(LOWSHOT) benchmark --run runs/pixels --heads logreg,cosine_ncm --seed $(SEED)
+	$(LOWSHOT) train --config $(TRAIN_CONFIG) --run runs/random-init --epochs 0 --seed $(SEED)
+	$(LOWSHOT) features --run runs/random-init
+	$(LOWSHOT) benchmark --run runs/random-init --heads logreg,cosine_ncm --seed $(SEED)
+	$(LOWSHOT) report runs/pixels/results runs/random-init/results $(RUN)/results --out runs/baselines-report
+
+clean-demo:
+	rm -rf $(RUN)

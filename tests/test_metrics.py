@@ -1,0 +1,30 @@
+"""The six H&G accuracies and the Wang/Gidaris metrics on a case computed by hand."""
+import pytest
+import torch
+
+from lowshot.metrics import cell_metrics
+
+
+def test_accs_order_and_values_by_hand():
+    # classes: base {0, 1}, novel {2, 3}; six classes in the label space (4, 5 unused)
+    scores = torch.tensor([
+        [9., 1, 0, 0, 0, 0],   # y=0 base: top-1 hit
+        [9., 1, 0, 0, 0, 0],   # y=1 base: top-1 miss, top-5 hit
+        [0., 0, 1, 9, 0, 0],   # y=2 novel: top-1 miss (predicts novel 3), top-5 hit
+        [0., 0, 0, 9, 0, 0],   # y=3 novel: hit
+    ])
+    labels = torch.tensor([0, 1, 2, 3])
+    m = cell_metrics(scores, labels, [0, 1], [2, 3])
+    assert m["accs"] == [0.5, 1.0, 0.5, 1.0, 0.5, 1.0]
+    # predictions 0, 0, 3, 3: two novel predictions, one correct
+    assert m["novel_precision"] == 0.5
+    assert m["harmonic_mean_top1"] == pytest.approx(0.5)
+
+
+def test_restricted_label_space_metrics():
+    # a novel image whose true class ranks 6th overall but 1st among novel classes
+    scores = torch.tensor([[9., 8, 7, 6, 5, 1, 0]])
+    m = cell_metrics(scores, torch.tensor([5]), [0, 1, 2, 3, 4], [5, 6])
+    assert m["accs"][1] == 0.0          # H&G top-5 over the whole label space
+    assert m["wang_novel_top5"] == 1.0  # label space restricted to novel classes
+    assert m["wang_all_prior_top5"] == 1.0  # novel prior 0.8 lifts it into the top 5
