@@ -1,7 +1,7 @@
 """The one exception type for bad input: the CLI prints its message as a single line."""
 
 
-class InputError(Exception):
+class InputError(ValueError):
     """Bad user input (a file, an option): the message names the file and the problem."""
 
     def __init__(self, path, problem: str):

@@ -18,11 +18,10 @@ import contextlib
 import functools
 import json
 import os
-import tempfile
 import unicodedata
 import zipfile
 from dataclasses import dataclass
-from typing import IO, Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import fontTools
 import matplotlib
@@ -32,6 +31,8 @@ from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps, features
 
 from lowshot.data import ImageDataset, register_dataset
+from lowshot.errors import InputError
+from lowshot.io.atomic import atomic_path
 
 GENERATOR_VERSION = 1  # bump whenever the recipe changes, so that caches regenerate
 FONT_FILES = (
@@ -76,21 +77,6 @@ def cache_root(cache_dir: Optional[str] = None) -> str:
     if not root:
         root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "lowshot")
     return os.path.expanduser(root)
-
-
-def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through a temporary file in the same folder, then rename it into place."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; a cache is not
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 # ---- class list -------------------------------------------------------------------------------
@@ -175,7 +161,8 @@ def available_classes(cache_dir: Optional[str] = None) -> Dict[int, Tuple[int, .
             return {int(cp): tuple(fonts) for cp, fonts in cached["classes"]}
     classes = _dedupe(_candidates())
     text = json.dumps({"versions": versions, "classes": [[cp, list(f)] for cp, f in classes.items()]})
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
     return classes
 
 
@@ -244,7 +231,7 @@ def render_class(codepoint: int, font_ids: Tuple[int, ...], n: int, variant: str
 def _choose(available: Dict[int, Tuple[int, ...]], num_classes: int, seed: int) -> List[int]:
     """A seeded choice of num_classes code points, ascending (so label order is stable)."""
     if num_classes > len(available):
-        raise ValueError(f"glyphs: {num_classes} classes asked for, but only {len(available)} "
+        raise InputError(None, f"glyphs: {num_classes} classes asked for, but only {len(available)} "
                          f"visually distinct letters are available")
     pick = np.random.default_rng(seed).permutation(len(available))[:num_classes]
     codepoints = list(available)
@@ -279,9 +266,9 @@ def _load(path: str) -> Optional[Dict[str, np.ndarray]]:
 
 def _check(num_classes: int, images_per_class: int, test_per_class: int, variant: str) -> None:
     if variant not in VARIANTS:
-        raise ValueError(f"glyphs: unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
+        raise InputError(None, f"glyphs: unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
     if num_classes < 1 or images_per_class < 1 or not 0 <= test_per_class <= images_per_class:
-        raise ValueError("glyphs: need num_classes >= 1 and 0 <= test_per_class <= images_per_class, "
+        raise InputError(None, "glyphs: need num_classes >= 1 and 0 <= test_per_class <= images_per_class, "
                          f"got {num_classes}, {test_per_class}, {images_per_class}")
 
 
@@ -303,7 +290,8 @@ def glyphs(num_classes: int = 400, images_per_class: int = 120, test_per_class: 
         available = available_classes(root)
         codepoints = _choose(available, num_classes, seed)
         arrays = _generate(codepoints, available, images_per_class, test_per_class, variant, seed)
-        _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
     meta = {"generator_version": GENERATOR_VERSION, "versions": json.loads(str(arrays["versions"])),
             "seed": seed, "variant": variant, "num_classes": num_classes,
             "images_per_class": images_per_class, "test_per_class": test_per_class,
