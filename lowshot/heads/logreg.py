@@ -98,6 +98,8 @@ class LogReg(Head):
     def _warm_start(self, feats, labels, task: Task, classes: torch.Tensor):
         """Base rows from the base-only solution (computed once per process), novel rows at zero."""
         is_base = torch.isin(labels, torch.as_tensor(task.base_classes, device=labels.device))
+        if not is_base.any():  # an episode: nothing to share
+            return feats.new_zeros(len(classes), feats.shape[1]), feats.new_zeros(len(classes))
         key = ("logreg-base", self.wd, self.tol, tuple(task.base_classes.tolist()), int(is_base.sum()))
         if key not in task.cache:
             base_cls = torch.as_tensor(task.base_classes, device=labels.device)

@@ -1,0 +1,167 @@
+"""Episodic N-way K-shot evaluation (the prototypical-networks protocol) on cached features.
+
+An episode draws N of the setup's novel classes and, from each, K support and `queries` query
+rows of the TEST features (disjoint); labels are renumbered 0..N−1 and there are no base
+classes. Accuracy over an episode's queries, averaged over `episodes` seeded episodes, is
+reported with its 95 % interval (Student t over episodes). All heads see the same episodes.
+
+Heads with an `episode_scores(support, query, task)` method are scored on a batch of episodes
+at once; others are fitted episode by episode. Heads marked `episodic = False` (they need base
+rows) and heads whose fit raises `InputError` on an episode are skipped with a note.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from lowshot.config import pick_device
+from lowshot.errors import InputError
+from lowshot.heads import HEADS, Task, create_head
+from lowshot.io.atomic import atomic_path
+from lowshot.io.features import read_features
+from lowshot.io.splits import load_label_splits
+from lowshot.stats import mean_ci
+
+CHUNK = 100  # episodes scored together by a batched head
+
+
+def default_heads() -> List[str]:
+    """Every registered head that can be fitted on an episode (class attribute `episodic = True`)."""
+    return [name for name in HEADS.names() if getattr(HEADS.get(name), "episodic", False)]
+
+
+@dataclass
+class EpisodesConfig:
+    run: str = "runs/demo"
+    features_dir: Optional[str] = None  # default: <run>/features
+    splits: Optional[str] = None  # default: label_splits/<dataset>.json
+    heads: List[str] = field(default_factory=default_heads)
+    head_params: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # head name -> kwargs
+    ways: List[int] = field(default_factory=lambda: [5, 20])
+    shots: List[int] = field(default_factory=lambda: [1, 5])
+    queries: int = 15
+    episodes: int = 600
+    setup: int = 2
+    seed: int = 0
+    device: str = "auto"
+    out_dir: Optional[str] = None  # default: <run>/episodes
+
+
+def _as_list(value, kind=str) -> list:
+    """`--set heads=a,b` arrives as a string; JSON lists and scalars are accepted too."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    return [kind(v.strip() if isinstance(v, str) else v) for v in items if v != ""]
+
+
+def draw_episodes(labels: np.ndarray, classes: np.ndarray, ways: int, shots: int, queries: int, episodes: int,
+                  seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Row indices of `episodes` episodes: support (E, ways, shots) and query (E, ways, queries).
+
+    Classes come from `classes` (those with at least shots + queries rows), rows from `labels`;
+    support and query rows are disjoint. Seeded by (seed, ways, shots).
+    """
+    need = shots + queries
+    rows = np.flatnonzero(np.isin(labels, classes))
+    rows = rows[np.argsort(labels[rows], kind="stable")]
+    uniq, start, count = np.unique(labels[rows], return_index=True, return_counts=True)
+    ok = count >= need
+    if ok.sum() < ways:
+        raise InputError(None, f"{ways}-way {shots}-shot episodes with {queries} queries need {ways} novel "
+                               f"classes with ≥ {need} test rows; only {int(ok.sum())} have them")
+    start, count = torch.as_tensor(start[ok]), torch.as_tensor(count[ok])
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, ways, shots]).generate_state(1)[0]))
+    cls = torch.rand(episodes, len(start), generator=gen).argsort(1)[:, :ways]
+    keys = torch.rand(episodes, ways, int(count.max()), generator=gen)
+    keys[torch.arange(keys.shape[2]) >= count[cls][..., None]] = float("inf")  # padding past a class's rows
+    pick = torch.as_tensor(rows)[start[cls][..., None] + keys.argsort(-1)[..., :need]]
+    return pick[..., :shots], pick[..., shots:]
+
+
+def episode_accuracies(name: str, params: Dict[str, Any], support: torch.Tensor, query: torch.Tensor,
+                       task: Task) -> torch.Tensor:
+    """Accuracy (E,) of one head on episodes: support (E, W, S, d), query (E, W, Q, d)."""
+    e, w, s, d = support.shape
+    truth = torch.arange(w, device=query.device).repeat_interleave(query.shape[2])
+    query = query.reshape(e, -1, d)
+    head = create_head(name, **params)
+    if hasattr(head, "episode_scores"):
+        scores = torch.cat([head.episode_scores(support[i:i + CHUNK], query[i:i + CHUNK], task)
+                            for i in range(0, e, CHUNK)])
+    else:
+        labels = torch.arange(w, device=support.device).repeat_interleave(s)
+        scores = torch.stack([create_head(name, **params).fit(support[i].reshape(-1, d), labels, task)
+                              .scores(query[i]) for i in range(e)])
+    return (scores.argmax(-1) == truth).float().mean(-1)
+
+
+def _load(cfg: EpisodesConfig):
+    """Test features of the setup's novel classes and the representation's cosine scale."""
+    test = read_features(Path(cfg.features_dir or Path(cfg.run) / "features") / "test.hdf5")
+    dataset = test.attrs.get("dataset")
+    if cfg.splits is None and not dataset:
+        raise InputError(test.path, "records no data set: pass --set splits=<label_splits file>")
+    splits = load_label_splits(cfg.splits or Path("label_splits") / f"{dataset}.json")
+    if len(test.labels) and test.labels.max() >= splits.num_classes:
+        raise InputError(test.path, f"label {test.labels.max()} is outside the label space of the split file")
+    return test, splits.setup(cfg.setup)[1]
+
+
+def episodes(cfg: EpisodesConfig) -> str:
+    """Run every (head, ways, shots) cell; write <out_dir>/episodes.{csv,md}; return the markdown."""
+    heads, ways, shots = _as_list(cfg.heads), _as_list(cfg.ways, int), _as_list(cfg.shots, int)
+    for name in heads:
+        HEADS.get(name)
+    test, novel = _load(cfg)
+    device = pick_device(cfg.device)
+    feats = torch.from_numpy(np.ascontiguousarray(test.feats)).to(device)
+    rows, notes = [], {}
+    for w in ways:
+        for s in shots:
+            sup, qry = draw_episodes(test.labels, novel, w, s, cfg.queries, cfg.episodes, cfg.seed)
+            support, query = feats[sup.to(device)], feats[qry.to(device)]
+            task = Task(w, np.zeros(0, np.int64), np.arange(w), None, test.classifier_scale, cfg.run, cfg.seed, device)
+            for name in heads:
+                if name in notes:
+                    continue
+                if getattr(HEADS.get(name), "episodic", None) is False:
+                    notes[name] = "skipped: needs base-class rows (or fine-tunes on them)"
+                    continue
+                start = time.perf_counter()
+                try:
+                    acc = episode_accuracies(name, cfg.head_params.get(name, {}), support, query, task)
+                except InputError as err:
+                    notes[name] = f"skipped: {err}"
+                    continue
+                mean, half, n = mean_ci(acc.cpu().numpy())
+                rows.append({"head": name, "ways": w, "shots": s, "queries": cfg.queries, "episodes": n,
+                             "mean_acc": mean, "ci95": half, "seconds": round(time.perf_counter() - start, 3)})
+    return _write(cfg, rows, notes, heads, ways, shots)
+
+
+def _write(cfg: EpisodesConfig, rows: List[dict], notes: Dict[str, str], heads, ways, shots) -> str:
+    """Long CSV and a markdown table (heads × configurations, % with 95 % interval), both atomic."""
+    out = Path(cfg.out_dir or Path(cfg.run) / "episodes")
+    with atomic_path(out / "episodes.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["head", "ways", "shots", "queries", "episodes", "mean_acc", "ci95",
+                                               "seconds"])
+        writer.writeheader()
+        writer.writerows(rows)
+    cell = {(r["head"], r["ways"], r["shots"]): f"{100 * r['mean_acc']:.2f} ± {100 * r['ci95']:.2f}" for r in rows}
+    configs = [(w, s) for w in ways for s in shots]
+    lines = ["| head | " + " | ".join(f"{w}-way {s}-shot" for w, s in configs) + " |",
+             "|---|" + "---|" * len(configs)]
+    lines += [f"| {h} | " + " | ".join(cell.get((h, w, s), "–") for w, s in configs) + " |"
+              for h in heads if h not in notes]
+    lines += [""] + [f"- {h}: {why}" for h, why in notes.items()] if notes else []
+    lines += ["", f"Top-1 accuracy (%) over {cfg.episodes} episodes of setup {cfg.setup}'s novel classes "
+                  f"({cfg.queries} queries per class), mean ± 95 % interval."]
+    text = "\n".join(lines) + "\n"
+    with atomic_path(out / "episodes.md") as tmp:
+        tmp.write_text(text)
+    return text

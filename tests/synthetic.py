@@ -1,0 +1,75 @@
+"""Tiny synthetic low-shot cells for head tests: Gaussian classes and a matching cosine classifier."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lowshot.heads import Task
+
+
+def mixture(shots: int = 5, d: int = 32, base: int = 10, novel: int = 10, per_base: int = 40, per_test: int = 30,
+            sep: float = 5.0, noise: float = 0.5, seed: int = 0, random_labels: bool = False, extra: int = 0,
+            interleave: bool = False):
+    """One cell: train = every base row + `shots` rows per novel class; test rows of every class.
+
+    Class means are random directions of norm `sep`; rows add N(0, noise²) per dimension. The
+    Task carries a cosine classifier (unit rows along the true means, scale 10). `random_labels`
+    draws every row's features from a random class, independent of its label. `extra` classes
+    without any row are appended to the label space; `interleave` scatters base and novel labels.
+
+    Returns:
+        xtr (N, d), ytr (N,), xte (M, d), yte (M,), task.
+    """
+    g = torch.Generator().manual_seed(seed)
+    num = base + novel
+    perm = torch.randperm(num, generator=g) if interleave else torch.arange(num)
+    base_cls, novel_cls = perm[:base].sort().values, perm[base:].sort().values
+    mu = F.normalize(torch.randn(num + extra, d, generator=g), dim=1) * sep
+    ytr = torch.cat([base_cls.repeat_interleave(per_base), novel_cls.repeat_interleave(shots)])
+    yte = perm.sort().values.repeat_interleave(per_test)
+
+    def rows(y: torch.Tensor) -> torch.Tensor:
+        src = torch.randint(num, y.shape, generator=g) if random_labels else y
+        return mu[src] + noise * torch.randn(len(y), d, generator=g)
+
+    xtr, xte = rows(ytr), rows(yte)
+    task = Task(num + extra, base_cls.numpy().astype(np.int64), novel_cls.numpy().astype(np.int64),
+                F.normalize(mu, dim=1), 10.0, seed=seed)
+    return xtr, ytr, xte, yte, task
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads only add overhead, and stall when other jobs hold the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def head_params(tmp_path_factory):
+    """`params(name, dim)`: small-budget keyword arguments for a head; `matching` gets an untrained
+    (seeded) network file of the right dimension, enough for its contract and separable-data checks."""
+    from lowshot.heads.matching import MatchingNet
+    from lowshot.io.atomic import save_torch
+
+    folder, files = tmp_path_factory.mktemp("matching"), {}
+
+    def params(name: str, dim: int) -> dict:
+        if name == "matching":
+            if dim not in files:
+                with torch.random.fork_rng():
+                    torch.manual_seed(0)
+                    net = MatchingNet(dim, 1)
+                files[dim] = str(folder / f"matching_{dim}.pt")
+                save_torch(files[dim], {"state_dict": net.state_dict(), "dim": dim, "K": 1})
+            return {"model": files[dim], "support_per_class": 20}
+        return dict(FAST.get(name, {}))
+
+    return params
+
+
+FAST = {"logreg": {"tol": 1e-3}}

@@ -1,0 +1,94 @@
+"""Episodic N-way K-shot evaluation: episode draws, batched = looped scores, intervals, skips."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from lowshot.episodes import EpisodesConfig, draw_episodes, episode_accuracies, episodes
+from lowshot.heads import HEADS, Task, create_head
+from lowshot.io.features import FeatureSet, write_features
+from lowshot.io.splits import LabelSplits, write_label_splits
+from synthetic import one_thread  # noqa: F401 (autouse fixture)
+
+NOVEL = np.arange(10, 30)  # setup 2's novel classes
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run folder with test features of 40 classes × 40 rows (d = 16), a cosine scale and a split file."""
+    root = tmp_path_factory.mktemp("run")
+    g = np.random.default_rng(0)
+    labels = np.repeat(np.arange(40), 40)
+    mu = g.normal(size=(40, 16))
+    feats = (mu[labels] + 1.6 * g.normal(size=(len(labels), 16))).astype(np.float32)
+    fs = FeatureSet(feats, labels, {"dataset": "synth", "split": "test"}, None, 10.0)
+    write_features(root / "features" / "test.hdf5", fs)
+    names = [f"c{i}" for i in range(40)]
+    write_label_splits(root / "splits.json", LabelSplits(names, list(range(30, 35)), list(range(35, 40)),
+                                                         list(range(0, 10)), NOVEL.tolist()))
+    return root
+
+
+def config(run, **kw) -> EpisodesConfig:
+    return EpisodesConfig(run=str(run), splits=str(run / "splits.json"), out_dir=str(run / "ep"), device="cpu", **kw)
+
+
+def test_draws_are_disjoint_seeded_and_within_novel_classes():
+    labels = np.repeat(np.arange(40), 40)
+    sup, qry = draw_episodes(labels, NOVEL, 5, 3, 7, 50, seed=1)
+    assert sup.shape == (50, 5, 3) and qry.shape == (50, 5, 7)
+    rows = torch.cat([sup, qry], -1)
+    cls = torch.as_tensor(labels)[rows]
+    assert (cls == cls[..., :1]).all() and np.isin(cls.numpy(), NOVEL).all()
+    assert all(len(set(r.tolist())) == 50 for r in rows.reshape(50, -1))  # support ∩ query = ∅, no repeats
+    assert all(len(set(c.tolist())) == 5 for c in cls[..., 0])  # distinct ways
+    again = draw_episodes(labels, NOVEL, 5, 3, 7, 50, seed=1)
+    assert torch.equal(sup, again[0]) and torch.equal(qry, again[1])
+
+
+@pytest.mark.parametrize("name", [n for n in HEADS.names() if hasattr(HEADS.get(n), "episode_scores")])
+def test_batched_episode_scores_equal_fit_then_scores(name):
+    g = torch.Generator().manual_seed(0)
+    support, query = torch.randn(4, 5, 3, 8, generator=g), torch.randn(4, 5, 2, 8, generator=g)
+    task = Task(5, np.zeros(0, np.int64), np.arange(5), None, 10.0)
+    labels = torch.arange(5).repeat_interleave(3)
+    batched = create_head(name).episode_scores(support, query.reshape(4, 10, 8), task)
+    for e in range(4):
+        looped = create_head(name).fit(support[e].reshape(-1, 8), labels, task).scores(query[e].reshape(10, 8))
+        assert torch.allclose(batched[e], looped, atol=1e-5)
+    acc = episode_accuracies(name, {}, support, query, task)
+    assert acc.shape == (4,)
+
+
+def test_table_csv_and_skips(run):
+    text = episodes(config(run, heads=["protonet", "imprint", "magnet"], ways=[5], shots=[1, 5], episodes=50))
+    assert "| protonet |" in text and "5-way 5-shot" in text and "magnet: skipped" in text
+    with open(run / "ep" / "episodes.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["head"], r["shots"]) for r in rows} == {(h, s) for h in ("protonet", "imprint") for s in ("1", "5")}
+    assert (run / "ep" / "episodes.md").read_text() == text
+
+
+def test_imprint_is_skipped_without_a_cosine_scale(run, tmp_path):
+    fs = FeatureSet(np.zeros((1600, 16), np.float32), np.repeat(np.arange(40), 40), {"dataset": "synth"})
+    write_features(tmp_path / "features" / "test.hdf5", fs)
+    cfg = EpisodesConfig(run=str(tmp_path), splits=str(run / "splits.json"), heads=["imprint"], ways=[5], shots=[1],
+                         episodes=10, device="cpu")
+    assert "imprint: skipped" in episodes(cfg) and "cosine" in episodes(cfg)
+
+
+def test_interval_shrinks_as_one_over_root_episodes(run):
+    ratios = []
+    for seed in range(4):  # one ratio's spread is about ±0.2; average a few
+        half = {}
+        for n in (100, 400):
+            episodes(config(run, heads=["protonet"], ways=[5], shots=[1], episodes=n, seed=seed))
+            with open(run / "ep" / "episodes.csv") as f:
+                row = next(csv.DictReader(f))
+            assert 0.3 < float(row["mean_acc"]) < 0.95
+            half[n] = float(row["ci95"])
+        ratios.append(half[100] / half[400])
+    assert 1.7 < np.mean(ratios) < 2.3
