@@ -60,10 +60,10 @@ test: install
 baselines: data
 	$(LOWSHOT) train --config configs/baseline_pixels.json --run runs/pixels --seed $(SEED)
 	$(LOWSHOT) features --run runs/pixels
-	$(LOWSHOT) benchmark --run runs/pixels --heads logreg --seed $(SEED)
+	$(LOWSHOT) benchmark --run runs/pixels --heads logreg,cosine_ncm --seed $(SEED)
 	$(LOWSHOT) train --config $(TRAIN_CONFIG) --run runs/random-init --epochs 0 --seed $(SEED)
 	$(LOWSHOT) features --run runs/random-init
-	$(LOWSHOT) benchmark --run runs/random-init --heads logreg --seed $(SEED)
+	$(LOWSHOT) benchmark --run runs/random-init --heads logreg,cosine_ncm --seed $(SEED)
 	$(LOWSHOT) report runs/pixels/results runs/random-init/results $(RUN)/results --out runs/baselines-report
 
 clean-demo:
