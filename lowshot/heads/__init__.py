@@ -71,3 +71,4 @@ def create_head(name: str, **params: Any) -> Head:
 
 
 from lowshot.heads import logreg  # noqa: E402,F401
+from lowshot.heads import cosine_ncm, imprint, imprint_ft, magnet, matching, protonet, raw_imprint, repmet  # noqa: E402,F401
