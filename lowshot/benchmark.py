@@ -112,7 +112,8 @@ def _check_compatible(train: FeatureSet, test: FeatureSet, splits: LabelSplits, 
 
 def cell_identity(ctx: Context, head: str, params: Dict[str, Any], n: int, expid: int) -> Dict[str, Any]:
     cfg = ctx.cfg
-    gen = {"name": cfg.generator, "max_per_label": cfg.max_per_label} if cfg.generator else None
+    gen = ({"name": cfg.generator, "max_per_label": cfg.max_per_label, "key": getattr(ctx.generator_state, "key", None)}
+           if cfg.generator else None)
     return {"representation": Path(cfg.run).name, "head": head, "head_params": params, "generator": gen,
             "n": n, "expid": expid, "setup": cfg.setup, "seed": cfg.seed}
 

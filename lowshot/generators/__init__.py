@@ -24,3 +24,6 @@ class GeneratorPlugin:
 
 def register_generator(name: str, init: Callable, generate: Callable) -> None:
     GENERATORS.register(name)(GeneratorPlugin(init, generate))
+
+
+from lowshot.generators import analogies, jitter  # noqa: E402,F401

@@ -1,0 +1,254 @@
+"""Stage 3 (optional): train the analogy-based feature generator on base-class features.
+
+H&G `train_analogy_generator.py` (reference §8): cluster each base class's train features
+(`kmeans.py`), mine analogies between the centroids of different classes (`mining.py`), train
+G(A, C, D) → B̂ against the representation's own frozen classifier (stored in the feature file as
+`classifier_weight`) plus 10 · MSE. Writes `<out>/generator.pt` (plain tensors and dicts, loads
+with `weights_only=True`) and caches the clustering and the analogies under `<out>/cache/`, each
+keyed by a hash of everything it depends on, so an interrupted run resumes after its last stage.
+
+Defaults for small data (documented choices; H&G's values on ImageNet in brackets):
+  clusters per class k = min(100, max(2, median base rows per class // 5))   [100]
+  iterations = clamp(4 passes over the analogies at the batch size, 2,000, 120,000)   [120,000]
+so ImageNet gets H&G's settings and the demo (≈70 rows per class) gets k = 14 and 2,000 iterations.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lowshot.config import pick_device, versions
+from lowshot.errors import InputError
+from lowshot.generators.analogies import HIDDEN, AnalogyGenerator, load_generator_file
+from lowshot.generators.kmeans import default_clusters_per_class, kmeans_per_class
+from lowshot.generators.mining import mine_analogies
+from lowshot.io.atomic import save_torch, write_json
+from lowshot.io.features import FeatureSet, read_features
+from lowshot.io.splits import load_label_splits
+
+MINING_VERSION = 1  # bump when the mined analogies of the same centroids could change
+LOG_EVERY = 10  # progress lines per training run
+
+
+@dataclass
+class GenerateConfig:
+    """Options of `lowshot generate`; k and iterations default (None) as the module docstring says.
+
+    `cpu_threads`: k-means and G's training steps (batch 128) are many small ops, so on a CPU one
+    intra-op thread loses little, while two threads on a busy 2-core machine wait on each other
+    at every op (measured: 10 vs 200 ms per training step, 0.3 vs 5 s for the demo's k-means).
+    Mining (large matrix products) always uses torch's default. Raise it on a big idle CPU.
+    """
+
+    run: str = "runs/demo"
+    features_dir: Optional[str] = None  # default: <run>/features
+    splits: Optional[str] = None  # default: label_splits/<dataset>.json
+    out_dir: Optional[str] = None  # default: <run>/generator
+    clusters_per_class: Optional[int] = None  # default: min(100, max(2, median rows per class // 5))
+    kmeans_iters: int = 20
+    mining_memory_mb: float = 256  # bound on one similarity block of the miner
+    iterations: Optional[int] = None  # default: clamp(4 passes over the analogies, 2000, 120000)
+    batch_size: int = 128
+    initlr: float = 0.1  # H&G: 0.1 for plain features, 1 for SGM features
+    mse_weight: float = 10.0
+    cpu_threads: Optional[int] = 1  # CPU threads for k-means and training; None: torch's default
+    seed: int = 0
+    device: str = "auto"
+    force: bool = False
+
+
+@dataclass
+class BaseData:
+    """Base-class train rows (on the device) and the frozen classifier the generator is trained against."""
+
+    feats: torch.Tensor  # (N, d)
+    labels: torch.Tensor  # (N,)
+    classes: list  # sorted base classes
+    weight: torch.Tensor  # (C, d)
+    scale: Optional[float]  # cosine classifier scale s, None for a linear classifier
+    digest: str  # identity of the base rows
+    classifier_digest: str
+
+
+def default_iterations(num_analogies: int, batch_size: int) -> int:
+    """4 passes over the analogies (H&G: 120,000 × 128 ≈ 4 × 3.85M), clamped to [2,000, 120,000]."""
+    return int(min(120_000, max(2_000, 4 * math.ceil(num_analogies / batch_size))))
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha1()
+    for part in parts:
+        h.update(part.tobytes() if isinstance(part, np.ndarray) else json.dumps(part, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def load_base_data(cfg: GenerateConfig, device: torch.device) -> BaseData:
+    """Read the train features and splits; keep the base-class rows and the classifier."""
+    path = Path(cfg.features_dir or Path(cfg.run) / "features") / "train.hdf5"
+    train: FeatureSet = read_features(path)
+    if train.classifier_weight is None:
+        raise InputError(path, "has no classifier_weight: re-run `lowshot features` with this version")
+    dataset = train.attrs.get("dataset")
+    if cfg.splits is None and not dataset:
+        raise InputError(path, "records no data set: pass --set splits=<label split file>")
+    classes = load_label_splits(cfg.splits or Path("label_splits") / f"{dataset}.json").base_classes
+    keep = np.isin(train.labels, classes)
+    missing = sorted(set(classes) - set(np.unique(train.labels[keep]).tolist()))
+    if missing:
+        raise InputError(path, f"base classes without train rows: {missing[:5]}")
+    if max(classes) >= len(train.classifier_weight):
+        raise InputError(path, f"classifier_weight has {len(train.classifier_weight)} rows, base class "
+                               f"{max(classes)} needs more")
+    feats, labels = np.ascontiguousarray(train.feats[keep]), train.labels[keep]
+    weight = train.classifier_weight.astype(np.float32)
+    return BaseData(torch.from_numpy(feats).to(device), torch.from_numpy(labels).to(device), classes,
+                    torch.from_numpy(weight).to(device), train.classifier_scale,
+                    _digest(feats, labels, classes), _digest(weight, train.classifier_scale))
+
+
+def cached(path: Path, compute: Callable[[], Dict[str, torch.Tensor]], force: bool, what: str) -> Dict:
+    """Load a stage's tensors from `path`, or compute and save them atomically."""
+    if path.exists() and not force:
+        print(f"reusing {what} from {path}", flush=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    start = time.perf_counter()
+    out = compute()
+    save_torch(path, {k: v.cpu() for k, v in out.items()})
+    print(f"{what}: {time.perf_counter() - start:.1f} s -> {path}", flush=True)
+    return out
+
+
+@contextlib.contextmanager
+def _threads(n: Optional[int]):
+    """Run the block with n intra-op CPU threads (None: unchanged), restoring the old number."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _lr(initlr: float, it: int, iterations: int) -> float:
+    """initlr ÷ 10 after each third of the iterations (H&G: at 40k and 80k of 120k)."""
+    return initlr * 0.1 ** min(2, it // max(1, iterations // 3))
+
+
+def _scores(pred: torch.Tensor, weight: torch.Tensor, scale: Optional[float]) -> torch.Tensor:
+    """The frozen representation classifier: b̂ Wᵀ (linear) or s · cos(b̂, w_c) (cosine)."""
+    if scale is None:
+        return pred @ weight.t()
+    return scale * F.normalize(pred, dim=1) @ F.normalize(weight, dim=1).t()
+
+
+def train_generator(centroids: torch.Tensor, quads: torch.Tensor, centroid_labels: torch.Tensor, base: BaseData,
+                    cfg: GenerateConfig, iterations: int) -> Dict[str, torch.Tensor]:
+    """SGD on CE(classifier(B̂), class of B) + λ · MSE(B̂, B), B̂ = G(A, C, D) (H&G §8.5).
+
+    Args:
+        centroids: (num_base · k, d) float32; quads: (M, 4) int64 rows into it;
+        centroid_labels: (num_base · k,) global class of each centroid.
+
+    Returns:
+        the model's state dict (on the CPU).
+    """
+    device = centroids.device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = AnalogyGenerator(centroids.shape[1]).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.initlr, momentum=0.9, dampening=0.9, weight_decay=1e-4)
+    order = quads[torch.randperm(len(quads), generator=torch.Generator().manual_seed(cfg.seed)).to(device)]
+    totals = torch.zeros(3, device=device)  # ce, mse, hits since the last log line
+    seen, pos, every = 0, 0, max(1, iterations // LOG_EVERY)
+    for it in range(iterations):
+        batch = order[pos:pos + cfg.batch_size]  # consumed in order; the wrap batch may be short (H&G)
+        pos = 0 if pos + cfg.batch_size >= len(order) else pos + cfg.batch_size
+        for group in opt.param_groups:
+            group["lr"] = _lr(cfg.initlr, it, iterations)
+        target = centroids[batch[:, 1]]
+        pred = model(centroids[batch[:, 0]], centroids[batch[:, 2]], centroids[batch[:, 3]])
+        scores = _scores(pred, base.weight, base.scale)
+        ce, mse = F.cross_entropy(scores, centroid_labels[batch[:, 1]]), F.mse_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        (ce + cfg.mse_weight * mse).backward()
+        opt.step()
+        totals += torch.stack([ce.detach() * len(batch), mse.detach() * len(batch),
+                               (scores.argmax(1) == centroid_labels[batch[:, 1]]).sum()])
+        seen += len(batch)
+        if (it + 1) % every == 0 or it + 1 == iterations:
+            _log(it, iterations, totals / seen, cfg)
+            totals.zero_()
+            seen = 0
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _log(it: int, iterations: int, means: torch.Tensor, cfg: GenerateConfig) -> None:
+    ce, mse, acc = means.tolist()
+    if not math.isfinite(ce + mse):
+        raise InputError(cfg.run, f"generator training diverged at iteration {it + 1}; lower --set initlr")
+    print(f"iter {it + 1}/{iterations} lr {_lr(cfg.initlr, it, iterations):g} ce {ce:.4f} mse {mse:.5f} "
+          f"classifier acc {acc:.3f}", flush=True)
+
+
+def stage_keys(cfg: GenerateConfig, base: BaseData, k: int) -> Dict[str, str]:
+    """Cache keys: each stage's key hashes its inputs and options, and the key of the stage before."""
+    clusters = _digest(["clusters", base.digest, k, cfg.kmeans_iters, cfg.seed])
+    analogies = _digest(["analogies", clusters, MINING_VERSION])
+    train = {f: getattr(cfg, f) for f in ("iterations", "batch_size", "initlr", "mse_weight", "seed")}
+    return {"clusters": clusters, "analogies": analogies,
+            "generator": _digest(["generator", analogies, base.classifier_digest, train, HIDDEN])}
+
+
+def cluster_and_mine(cfg: GenerateConfig, base: BaseData, k: int, keys: Dict[str, str], cache: Path):
+    """Centroids (num_base, k, d) and analogies (M, 4) on the device, each from its cache when there."""
+    with _threads(cfg.cpu_threads if base.feats.device.type == "cpu" else None):
+        clusters = cached(cache / f"clusters-{keys['clusters']}.pt",
+                          lambda: {"centroids": kmeans_per_class(base.feats, base.labels, base.classes, k,
+                                                                 cfg.kmeans_iters, cfg.seed)},
+                          cfg.force, f"k-means ({len(base.classes)} classes × {k} centroids)")
+    centroids = clusters["centroids"].to(base.feats.device)
+    mined = cached(cache / f"analogies-{keys['analogies']}.pt",
+                   lambda: dict(zip(("quads", "scores"), mine_analogies(centroids, cfg.mining_memory_mb))),
+                   cfg.force, "analogy mining")
+    if len(mined["quads"]) == 0:
+        raise InputError(cache, "no analogies were found between the base-class centroids")
+    return centroids, mined["quads"].to(base.feats.device)
+
+
+def generate(cfg: GenerateConfig) -> Path:
+    """Cluster, mine, train; returns the path of `generator.pt` (skipped when it is up to date)."""
+    out = Path(cfg.out_dir or Path(cfg.run) / "generator")
+    final = out / "generator.pt"
+    base = load_base_data(cfg, pick_device(cfg.device))
+    k = cfg.clusters_per_class or default_clusters_per_class(torch.bincount(base.labels).cpu()[base.classes].tolist())
+    keys = stage_keys(cfg, base, k)
+    if final.exists() and not cfg.force and load_generator_file(final).get("key") == keys["generator"]:
+        print(f"{final} is up to date", flush=True)
+        return final
+    centroids, quads = cluster_and_mine(cfg, base, k, keys, out / "cache")
+    iterations = cfg.iterations or default_iterations(len(quads), cfg.batch_size)
+    print(f"training the generator: {len(quads)} analogies, {iterations} iterations", flush=True)
+    start = time.perf_counter()
+    flat = centroids.reshape(-1, centroids.shape[-1])
+    labels = torch.as_tensor(base.classes, device=flat.device).repeat_interleave(k)
+    with _threads(cfg.cpu_threads if flat.device.type == "cpu" else None):
+        state = train_generator(flat, quads, labels, base, cfg, iterations)
+    print(f"generator training: {time.perf_counter() - start:.1f} s", flush=True)
+    save_torch(final, {"model_state": state, "centroids": flat.float().cpu(), "base_classes": list(base.classes),
+                       "num_base_classes": len(base.classes), "clusters_per_class": k, "feature_dim": flat.shape[1],
+                       "hidden": HIDDEN, "num_analogies": len(quads), "iterations": iterations,
+                       "key": keys["generator"], "config": dataclasses.asdict(cfg), "versions": versions()})
+    write_json(out / "generate_config.json", {**dataclasses.asdict(cfg), "clusters_per_class": k,
+                                              "iterations": iterations})
+    return final
