@@ -42,7 +42,7 @@ benchmark: install
 
 # logistic regression on hallucinated + real shots, topped up to 5 and to 20 per class
 benchmark-gen: install
-	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator analogies --max-per-label 5 --n 1,2,5 --seed $(SEED)
+	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator analogies --max-per-label 5 --seed $(SEED)
 	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator analogies --max-per-label 20 --seed $(SEED)
 
 episodes: install
