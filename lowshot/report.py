@@ -150,13 +150,16 @@ def plot(summ: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = ["top1_novel", "top5_novel", "top1_base", "top1_all"]
+    lines = sorted(set(zip(summ["representation"], summ["method"])))
+    colours = {key: plt.cm.tab20(i % 20) for i, key in enumerate(lines)}  # 20 distinct colours, not 10
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharex=True)
     for ax, m in zip(axes, panels):
         for (rep, method), g in summ[summ["metric"] == m].groupby(["representation", "method"]):
             g = g.sort_values("n")
-            line, = ax.plot(g["n"], g["mean"], marker="o", ms=3, label=f"{rep} / {method}")
+            colour = colours[(rep, method)]
+            ax.plot(g["n"], g["mean"], marker="o", ms=3, color=colour, label=f"{rep} / {method}")
             ax.fill_between(g["n"], g["mean"] - g["ci95"].fillna(0), g["mean"] + g["ci95"].fillna(0),
-                            color=line.get_color(), alpha=0.2)
+                            color=colour, alpha=0.2)
         ax.set(xscale="log", xticks=[1, 2, 5, 10, 20], xticklabels=["1", "2", "5", "10", "20"],
                xlabel="shots per novel class (n)", ylabel=f"{m} (%)", title=m)
         ax.grid(alpha=0.3)
