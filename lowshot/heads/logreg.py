@@ -18,12 +18,12 @@ import torch.nn.functional as F
 
 from lowshot.errors import InputError
 from lowshot.heads import Head, Task, register_head
-from lowshot.heads._common import mask_absent
+from lowshot.heads._common import mask_absent, split_base
 
 
 def mixing_weights(labels: torch.Tensor, task: Task) -> torch.Tensor:
     """Per-row weights (N,) summing to 1: f split evenly over base rows, 1 − f over novel rows."""
-    is_base = torch.isin(labels, torch.as_tensor(task.base_classes, device=labels.device))
+    is_base = split_base(labels, task)[1]
     nb, nn_ = len(task.base_classes), len(task.novel_classes)
     f = nb / (nb + nn_) if is_base.any() and (~is_base).any() else float(is_base.any())
     w = torch.where(is_base, f / is_base.sum().clamp(min=1), (1 - f) / (~is_base).sum().clamp(min=1))
@@ -67,7 +67,7 @@ class LogReg(Head):
             layer.weight.uniform_(-bound, bound, generator=gen)
             layer.bias.uniform_(-bound, bound, generator=gen)
         layer.to(feats.device)
-        is_base = torch.isin(labels, torch.as_tensor(task.base_classes, device=labels.device))
+        is_base = split_base(labels, task)[1]
         base_rows, novel_rows = is_base.nonzero()[:, 0].cpu(), (~is_base).nonzero()[:, 0].cpu()
         f = len(task.base_classes) / (len(task.base_classes) + len(task.novel_classes))
         num_base = round(self.batch_size * f) if len(novel_rows) else self.batch_size
@@ -97,7 +97,7 @@ class LogReg(Head):
 
     def _warm_start(self, feats, labels, task: Task, classes: torch.Tensor):
         """Base rows from the base-only solution (computed once per process), novel rows at zero."""
-        is_base = torch.isin(labels, torch.as_tensor(task.base_classes, device=labels.device))
+        is_base = split_base(labels, task)[1]
         if not is_base.any():  # an episode: nothing to share
             return feats.new_zeros(len(classes), feats.shape[1]), feats.new_zeros(len(classes))
         key = ("logreg-base", self.wd, self.tol, tuple(task.base_classes.tolist()), int(is_base.sum()))
