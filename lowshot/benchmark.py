@@ -161,7 +161,6 @@ def benchmark(cfg: BenchmarkConfig) -> List[Path]:
         HEADS.get(name)
     cfg.expids = cfg.expids or default_expids()
     ctx = load_context(cfg)
-    ctx.task.cache.clear()
     written = []
     for head in cfg.heads:
         for n in cfg.ns:

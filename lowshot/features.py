@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
+import h5py
 import numpy as np
 import torch
 
@@ -48,7 +49,6 @@ def file_digest(path: str | os.PathLike) -> str:
 def _is_current(path: Path, digest: str) -> bool:
     if not path.exists():
         return False
-    import h5py
     try:
         with h5py.File(path, "r") as f:
             return f.attrs.get("checkpoint_sha1") == digest

@@ -203,8 +203,9 @@ def report(cfg: ReportConfig) -> str:
 
 
 def _flatten(df: pd.DataFrame) -> pd.DataFrame:
-    df.columns = ["_".join(str(c) for c in col if c != "").replace("mean_", "n") .replace("ci95_", "ci95_n")
-                  if isinstance(col, tuple) else col for col in df.columns]
+    """Columns ("mean", n) -> "n<n>", ("ci95", n) -> "ci95_n<n>", (key, "") -> key."""
+    names = {"mean": "n{}", "ci95": "ci95_n{}"}
+    df.columns = [names[a].format(b) if b != "" else a for a, b in df.columns]
     return df
 
 
