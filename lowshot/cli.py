@@ -78,7 +78,7 @@ def data(dataset, dataset_args, seed, force):
 @common
 def train(run, backbone, classifier, aux_loss, aux_weight, epochs, config, sets, seed, device):
     """Train a representation on the base classes (resumes from <run>/checkpoints/last.pt)."""
-    from lowshot.config import run_dir
+    from lowshot.run import run_dir
     from lowshot.train import TrainConfig, train as train_stage
     cfg = _resolve(TrainConfig, config, sets, run=run and run_dir(run), backbone=backbone, classifier=classifier,
                    aux_loss=aux_loss, aux_weight=aux_weight, epochs=epochs, seed=seed, device=device)
@@ -92,7 +92,7 @@ def train(run, backbone, classifier, aux_loss, aux_weight, epochs, config, sets,
 @common
 def features(run, checkpoint, force, config, sets, seed, device):
     """Cache penultimate features of every train and test image in <run>/features/{train,test}.hdf5."""
-    from lowshot.config import run_dir
+    from lowshot.run import run_dir
     from lowshot.features import FeaturesConfig, features as features_stage
     cfg = _resolve(FeaturesConfig, config, sets, run=run and run_dir(run), checkpoint=checkpoint, force=force,
                    device=device)
@@ -105,7 +105,7 @@ def features(run, checkpoint, force, config, sets, seed, device):
 @common
 def generate(run, force, config, sets, seed, device):
     """Train the analogy-based feature generator on base-class features (<run>/generator/)."""
-    from lowshot.config import run_dir
+    from lowshot.run import run_dir
     from lowshot.generate import GenerateConfig, generate as generate_stage
     cfg = _resolve(GenerateConfig, config, sets, run=run and run_dir(run), force=force, seed=seed, device=device)
     click.echo(f"generator: {generate_stage(cfg)}")
@@ -117,8 +117,8 @@ def generate(run, force, config, sets, seed, device):
 @common
 def train_matching(run, force, config, sets, seed, device):
     """Train the matching network episodically on base-class features (<run>/heads/matching.pt)."""
-    from lowshot.config import run_dir
-    from lowshot.heads.matching import MatchingTrainConfig, train_matching as stage
+    from lowshot.run import run_dir
+    from lowshot.train_matching import MatchingTrainConfig, train_matching as stage
     cfg = _resolve(MatchingTrainConfig, config, sets, run=run and run_dir(run), force=force, seed=seed, device=device)
     click.echo(f"matching network: {stage(cfg)}")
 
@@ -145,7 +145,7 @@ def _heads(value):
 def benchmark(run, heads, ns, expid, setup, solver, generator, max_per_label, force, config, sets, seed, device):
     """Run the low-shot grid: one result JSON per (head, n, experiment) under <run>/results/."""
     from lowshot.benchmark import BenchmarkConfig, benchmark as benchmark_stage
-    from lowshot.config import run_dir
+    from lowshot.run import run_dir
     cfg = _resolve(BenchmarkConfig, config, sets, run=run and run_dir(run), heads=_heads(heads),
                    ns=[int(x) for x in ns.split(",")], expids=expid and [int(x) for x in expid.split(",")],
                    setup=setup and int(setup), generator=generator, max_per_label=max_per_label, force=force,
@@ -160,7 +160,7 @@ def benchmark(run, heads, ns, expid, setup, solver, generator, max_per_label, fo
 @common
 def episodes(run, config, sets, seed, device):
     """Episodic N-way K-shot evaluation on novel-class test features (mean ± 95 % interval)."""
-    from lowshot.config import run_dir
+    from lowshot.run import run_dir
     from lowshot.episodes import EpisodesConfig, episodes as episodes_stage
     cfg = _resolve(EpisodesConfig, config, sets, run=run and run_dir(run), seed=seed, device=device)
     click.echo(episodes_stage(cfg))
@@ -188,7 +188,7 @@ main.add_command(report, "parse")
 @click.option("--extra", default="", help="More `lowshot benchmark` options, verbatim.")
 def slurm(run, heads, out, extra):
     """Write an sbatch script running the grid as a job array, one job per experiment id."""
-    from lowshot.config import run_dir
+    from lowshot.run import run_dir
     from lowshot.io.atomic import atomic_path
     script = "\n".join(["#!/bin/bash", "#SBATCH --job-name=lowshot", "#SBATCH --array=1-5", "#SBATCH --cpus-per-task=4",
                         f"#SBATCH --output={run_dir(run)}/slurm-%A_%a.out",

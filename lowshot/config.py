@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Dict, Optional, Type, TypeVar
 
 import torch
@@ -43,8 +42,3 @@ def versions() -> Dict[str, str]:
 
     from lowshot import __version__
     return {"lowshot": __version__, "torch": str(torch.__version__), "numpy": str(numpy.__version__)}
-
-
-def run_dir(name_or_path: str) -> str:
-    """A bare run name means `runs/<name>`; anything with a slash is a path."""
-    return name_or_path if os.sep in name_or_path else os.path.join("runs", name_or_path)

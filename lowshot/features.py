@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from lowshot.config import pick_device
-from lowshot.data import load_dataset
+from lowshot.checkpoints import load_checkpoint, model_from_config
+from lowshot.data import load_dataset, normalise_images
 from lowshot.io.features import FeatureSet, write_features
-from lowshot.train import load_checkpoint, model_from_config, normalise_images
 
 
 @dataclass

@@ -2,10 +2,12 @@
 
 H&G `train_analogy_generator.py` (reference §8): cluster each base class's train features
 (`kmeans.py`), mine analogies between the centroids of different classes (`mining.py`), train
-G(A, C, D) → B̂ against the representation's own frozen classifier (stored in the feature file as
-`classifier_weight`) plus 10 · MSE. Writes `<out>/generator.pt` (plain tensors and dicts, loads
-with `weights_only=True`) and caches the clustering and the analogies under `<out>/cache/`, each
-keyed by a hash of everything it depends on, so an interrupted run resumes after its last stage.
+G(A, C, D) → B̂ with CE(classifier(B̂), class of B) + λ · MSE(B̂, B). The classifier is frozen and
+linear with bias, fitted on the base-class train rows (`loss_classifier.py`; a cosine
+representation classifier is blind to the norm of B̂ and made G no better than copying the seed).
+Writes `<out>/generator.pt` (plain tensors and dicts, loads with `weights_only=True`) and caches
+the clustering, the analogies and the classifier under `<out>/cache/`, each keyed by a hash of
+everything it depends on, so an interrupted run resumes after its last stage.
 
 Defaults for small data (documented choices; H&G's values on ImageNet in brackets):
   clusters per class k = min(100, max(2, median base rows per class // 5))   [100]
@@ -32,12 +34,13 @@ from lowshot.config import pick_device, versions
 from lowshot.errors import InputError
 from lowshot.generators.analogies import HIDDEN, AnalogyGenerator, load_generator_file
 from lowshot.generators.kmeans import default_clusters_per_class, kmeans_per_class
+from lowshot.generators.loss_classifier import KINDS, LossClassifier, fit_base_logreg, representation_classifier
 from lowshot.generators.mining import mine_analogies
 from lowshot.io.atomic import save_torch, write_json
-from lowshot.io.features import FeatureSet, read_features
-from lowshot.io.splits import load_label_splits
+from lowshot.run import RunFolder, load_inputs, rows_of
 
 MINING_VERSION = 1  # bump when the mined analogies of the same centroids could change
+CLASSIFIER_VERSION = 1  # bump when the fitted loss classifier of the same rows could change
 LOG_EVERY = 10  # progress lines per training run
 
 
@@ -62,6 +65,8 @@ class GenerateConfig:
     batch_size: int = 128
     initlr: float = 0.1  # H&G: 0.1 for plain features, 1 for SGM features
     mse_weight: float = 10.0
+    classifier: str = "fit"  # fit: logreg on the base rows | representation: the feature file's (linear only)
+    classifier_wd: float = 1e-3  # weight decay of the fitted classifier (the logreg head's default)
     cpu_threads: Optional[int] = 1  # CPU threads for k-means and training; None: torch's default
     seed: int = 0
     device: str = "auto"
@@ -95,22 +100,17 @@ def _digest(*parts) -> str:
 
 def load_base_data(cfg: GenerateConfig, device: torch.device) -> BaseData:
     """Read the train features and splits; keep the base-class rows and the classifier."""
-    path = Path(cfg.features_dir or Path(cfg.run) / "features") / "train.hdf5"
-    train: FeatureSet = read_features(path)
+    inputs = load_inputs(cfg.run, cfg.features_dir, cfg.splits, need_test=False)
+    train, classes, path = inputs.train, inputs.splits.base_classes, inputs.train.path
     if train.classifier_weight is None:
         raise InputError(path, "has no classifier_weight: re-run `lowshot features` with this version")
-    dataset = train.attrs.get("dataset")
-    if cfg.splits is None and not dataset:
-        raise InputError(path, "records no data set: pass --set splits=<label split file>")
-    classes = load_label_splits(cfg.splits or Path("label_splits") / f"{dataset}.json").base_classes
-    keep = np.isin(train.labels, classes)
-    missing = sorted(set(classes) - set(np.unique(train.labels[keep]).tolist()))
+    feats, labels = rows_of(train, classes)
+    missing = sorted(set(classes) - set(np.unique(labels).tolist()))
     if missing:
         raise InputError(path, f"base classes without train rows: {missing[:5]}")
     if max(classes) >= len(train.classifier_weight):
         raise InputError(path, f"classifier_weight has {len(train.classifier_weight)} rows, base class "
                                f"{max(classes)} needs more")
-    feats, labels = np.ascontiguousarray(train.feats[keep]), train.labels[keep]
     weight = train.classifier_weight.astype(np.float32)
     return BaseData(torch.from_numpy(feats).to(device), torch.from_numpy(labels).to(device), classes,
                     torch.from_numpy(weight).to(device), train.classifier_scale,
@@ -145,20 +145,13 @@ def _lr(initlr: float, it: int, iterations: int) -> float:
     return initlr * 0.1 ** min(2, it // max(1, iterations // 3))
 
 
-def _scores(pred: torch.Tensor, weight: torch.Tensor, scale: Optional[float]) -> torch.Tensor:
-    """The frozen representation classifier: b̂ Wᵀ (linear) or s · cos(b̂, w_c) (cosine)."""
-    if scale is None:
-        return pred @ weight.t()
-    return scale * F.normalize(pred, dim=1) @ F.normalize(weight, dim=1).t()
-
-
-def train_generator(centroids: torch.Tensor, quads: torch.Tensor, centroid_labels: torch.Tensor, base: BaseData,
-                    cfg: GenerateConfig, iterations: int) -> Dict[str, torch.Tensor]:
-    """SGD on CE(classifier(B̂), class of B) + λ · MSE(B̂, B), B̂ = G(A, C, D) (H&G §8.5).
+def train_generator(centroids: torch.Tensor, quads: torch.Tensor, centroid_labels: torch.Tensor,
+                    clf: LossClassifier, cfg: GenerateConfig, iterations: int) -> Dict[str, torch.Tensor]:
+    """SGD on CE(clf(B̂), class of B) + λ · MSE(B̂, B), B̂ = G(A, C, D) (H&G §8.5).
 
     Args:
         centroids: (num_base · k, d) float32; quads: (M, 4) int64 rows into it;
-        centroid_labels: (num_base · k,) global class of each centroid.
+        centroid_labels: (num_base · k,) base-class position (column of `clf`) of each centroid.
 
     Returns:
         the model's state dict (on the CPU).
@@ -178,7 +171,7 @@ def train_generator(centroids: torch.Tensor, quads: torch.Tensor, centroid_label
             group["lr"] = _lr(cfg.initlr, it, iterations)
         target = centroids[batch[:, 1]]
         pred = model(centroids[batch[:, 0]], centroids[batch[:, 2]], centroids[batch[:, 3]])
-        scores = _scores(pred, base.weight, base.scale)
+        scores = clf.scores(pred)
         ce, mse = F.cross_entropy(scores, centroid_labels[batch[:, 1]]), F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         (ce + cfg.mse_weight * mse).backward()
@@ -205,9 +198,23 @@ def stage_keys(cfg: GenerateConfig, base: BaseData, k: int) -> Dict[str, str]:
     """Cache keys: each stage's key hashes its inputs and options, and the key of the stage before."""
     clusters = _digest(["clusters", base.digest, k, cfg.kmeans_iters, cfg.seed])
     analogies = _digest(["analogies", clusters, MINING_VERSION])
+    classifier = _digest(["classifier", base.digest, cfg.classifier_wd, CLASSIFIER_VERSION] if cfg.classifier == "fit"
+                         else ["representation", base.digest, base.classifier_digest])
     train = {f: getattr(cfg, f) for f in ("iterations", "batch_size", "initlr", "mse_weight", "seed")}
-    return {"clusters": clusters, "analogies": analogies,
-            "generator": _digest(["generator", analogies, base.classifier_digest, train, HIDDEN])}
+    return {"clusters": clusters, "analogies": analogies, "classifier": classifier,
+            "generator": _digest(["generator", analogies, classifier, train, HIDDEN])}
+
+
+def loss_classifier(cfg: GenerateConfig, base: BaseData, key: str, cache: Path) -> LossClassifier:
+    """The frozen classifier of G's CE term over the base classes, fitted once and cached."""
+    if cfg.classifier not in KINDS:
+        raise InputError(None, f"unknown classifier {cfg.classifier!r}; choose one of: {', '.join(KINDS)}")
+    if cfg.classifier == "representation":
+        return LossClassifier(**representation_classifier(base.weight, base.scale, base.classes))
+    rows = cached(cache / f"classifier-{key}.pt",
+                  lambda: fit_base_logreg(base.feats, base.labels, base.classes, cfg.classifier_wd),
+                  cfg.force, f"base-class logistic regression (wd {cfg.classifier_wd:g})")
+    return LossClassifier(rows["weight"].to(base.feats.device), rows["bias"].to(base.feats.device))
 
 
 def cluster_and_mine(cfg: GenerateConfig, base: BaseData, k: int, keys: Dict[str, str], cache: Path):
@@ -228,7 +235,7 @@ def cluster_and_mine(cfg: GenerateConfig, base: BaseData, k: int, keys: Dict[str
 
 def generate(cfg: GenerateConfig) -> Path:
     """Cluster, mine, train; returns the path of `generator.pt` (skipped when it is up to date)."""
-    out = Path(cfg.out_dir or Path(cfg.run) / "generator")
+    out = Path(cfg.out_dir) if cfg.out_dir else RunFolder(Path(cfg.run)).generator
     final = out / "generator.pt"
     base = load_base_data(cfg, pick_device(cfg.device))
     k = cfg.clusters_per_class or default_clusters_per_class(torch.bincount(base.labels).cpu()[base.classes].tolist())

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lowshot.backbones import Model, build_model
-from lowshot.config import pick_device, versions
-from lowshot.data import ImageDataset, load_dataset
+from lowshot.backbones import Model
+from lowshot.checkpoints import load_checkpoint, model_from_config, save_checkpoint
+from lowshot.config import pick_device
+from lowshot.data import ImageDataset, load_dataset, normalise_images
 from lowshot.errors import InputError
 from lowshot.io.atomic import save_torch, write_json
 from lowshot.io.splits import LabelSplits, load_label_splits
@@ -63,11 +64,6 @@ def _lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
         t = (step - cfg.warmup_epochs * steps_per_epoch) / max(1, (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch)
         return 0.5 * (1 + math.cos(math.pi * t))
     raise InputError(None, f"unknown schedule {cfg.schedule!r}; choose one of: step, cosine")
-
-
-def normalise_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float in [-1, 1]."""
-    return images.float().div_(127.5).sub_(1.0)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -139,27 +135,6 @@ def evaluate(model: Model, images: torch.Tensor, labels: torch.Tensor, device, b
     return {"val_top1": hits1 / max(1, len(labels)), "val_top5": hits5 / max(1, len(labels))}
 
 
-def save_checkpoint(path: Path, model, opt, sched, epoch: int, cfg: TrainConfig) -> None:
-    """Everything needed to resume exactly: weights, optimiser, scheduler, epoch, RNG, config."""
-    save_torch(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                      "epoch": epoch, "rng": {"torch": torch.get_rng_state()},
-                      "config": dataclasses.asdict(cfg), "versions": versions()})
-
-
-def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
-    """Load a checkpoint safely (`weights_only=True`), with one clear error when it is bad."""
-    if not os.path.exists(path):
-        raise InputError(path, "checkpoint not found (run `lowshot train` first)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt file
-        raise InputError(path, f"cannot load checkpoint ({e.__class__.__name__})") from None
-
-
-def model_from_config(cfg: Dict[str, Any], num_classes: int, in_channels: int) -> Model:
-    return build_model(cfg["backbone"], cfg["classifier"], num_classes, in_channels, cfg["width"], cfg["stem"])
-
-
 def splits_path(cfg) -> str:
     return cfg.splits or os.path.join("label_splits", f"{cfg.dataset}.json")
 
@@ -187,10 +162,10 @@ def train(cfg: TrainConfig) -> Path:
         with open(run / "train_log.jsonl", "a") as log:
             log.write(json.dumps(stats) + "\n")
         if epoch % cfg.save_every == 0 or epoch == cfg.epochs - 1:
-            save_checkpoint(ckpt_dir / f"{epoch}.pt", model, opt, sched, epoch, cfg)
-        save_checkpoint(ckpt_dir / "last.pt", model, opt, sched, epoch, cfg)
+            save_checkpoint(ckpt_dir / f"{epoch}.pt", model, opt, sched, epoch, dataclasses.asdict(cfg))
+        save_checkpoint(ckpt_dir / "last.pt", model, opt, sched, epoch, dataclasses.asdict(cfg))
     if cfg.epochs == 0:  # an untrained network: the random-initialisation baseline
-        save_checkpoint(ckpt_dir / "last.pt", model, opt, sched, -1, cfg)
+        save_checkpoint(ckpt_dir / "last.pt", model, opt, sched, -1, dataclasses.asdict(cfg))
     return ckpt_dir / "last.pt"
 
 

@@ -9,7 +9,8 @@ import torch
 from lowshot.benchmark import BenchmarkConfig, benchmark
 from lowshot.errors import InputError
 from lowshot.heads import Task, create_head
-from lowshot.heads.matching import MatchingNet, MatchingTrainConfig, train_matching
+from lowshot.heads.matching import MatchingNet
+from lowshot.train_matching import MatchingTrainConfig, train_matching
 
 TINY = dict(episodes=300, classes_per_episode=6, max_shots=5, lr=0.1)
 

@@ -8,7 +8,8 @@ import lowshot.train
 
 from lowshot.config import resolve_config
 from lowshot.errors import InputError
-from lowshot.train import TrainConfig, load_checkpoint, train
+from lowshot.checkpoints import load_checkpoint
+from lowshot.train import TrainConfig, train
 
 
 def _cfg(project, run, **kw):

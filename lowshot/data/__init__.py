@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
 import numpy as np
+import torch
 
 from lowshot.registry import Registry
 
@@ -41,6 +42,11 @@ class ImageDataset:
     @property
     def channels(self) -> int:
         return int(self.train_images.shape[1])
+
+
+def normalise_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, C, H, W) -> float in [-1, 1], the input every backbone here is trained on."""
+    return images.float().div_(127.5).sub_(1.0)
 
 
 def load_dataset(name: str, **kwargs: Any) -> ImageDataset:

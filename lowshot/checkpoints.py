@@ -1,0 +1,40 @@
+"""Representation checkpoints: saved by `train`, read by `features` (and any later stage).
+
+A checkpoint is `torch.save` of plain tensors and dicts: model state, optimiser and scheduler
+state, epoch, RNG state, the training configuration and package versions. It is always read
+with `weights_only=True`, so loading never executes code from the file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from lowshot.backbones import Model, build_model
+from lowshot.config import versions
+from lowshot.errors import InputError
+from lowshot.io.atomic import save_torch
+
+
+def save_checkpoint(path: Path, model, opt, sched, epoch: int, config: Dict[str, Any]) -> None:
+    """Everything needed to resume exactly: weights, optimiser, scheduler, epoch, RNG, config."""
+    save_torch(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                      "epoch": epoch, "rng": {"torch": torch.get_rng_state()},
+                      "config": config, "versions": versions()})
+
+
+def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+    """Load a checkpoint safely (`weights_only=True`), with one clear error when it is bad."""
+    if not os.path.exists(path):
+        raise InputError(path, "checkpoint not found (run `lowshot train` first)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt file
+        raise InputError(path, f"cannot load checkpoint ({e.__class__.__name__})") from None
+
+
+def model_from_config(cfg: Dict[str, Any], num_classes: int, in_channels: int) -> Model:
+    """The untrained model a training configuration describes."""
+    return build_model(cfg["backbone"], cfg["classifier"], num_classes, in_channels, cfg["width"], cfg["stem"])

@@ -1,0 +1,154 @@
+"""The run folder and the benchmark files around it: the one owner of their layout.
+
+    runs/<name>/                      one representation and everything derived from it
+      checkpoints/{<epoch>,last}.pt   train
+      features/{train,test}.hdf5      features (an H&G folder's val.hdf5 is read as the test file)
+      generator/generator.pt          generate (+ cache/)
+      heads/matching.pt               train-matching
+      results/*.json                  benchmark
+      episodes/episodes.{csv,md}      episodes
+      report/                         report
+    label_splits/<dataset>.json       which classes are base and novel (H&G label_idx.json)
+    experiment_cfgs/<dataset>/        splitfile_{1..5}.json: the shots of each experiment
+
+Every stage reads its inputs through `load_inputs`, so the defaults, the checks that the files
+belong together and the error messages exist once.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from lowshot.errors import InputError
+from lowshot.io.features import FeatureSet, read_features
+from lowshot.io.splits import LabelSplits, load_label_splits
+
+NO_DATASET = ("records no data set: pass --set splits=<label split file> "
+              "and, to benchmark, --set shots_dir=<folder of splitfile_k.json>")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths inside one run folder."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def generator(self) -> Path:
+        return self.root / "generator"
+
+    @property
+    def matching_model(self) -> Path:
+        return self.root / "heads" / "matching.pt"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def episodes(self) -> Path:
+        return self.root / "episodes"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+
+def run_dir(name_or_path: str) -> str:
+    """A bare run name means `runs/<name>`; anything with a slash is a path."""
+    return name_or_path if os.sep in name_or_path else os.path.join("runs", name_or_path)
+
+
+def splits_path(dataset: Optional[str], explicit: Optional[str] = None) -> Path:
+    """`explicit`, else `label_splits/<dataset>.json`."""
+    return Path(explicit) if explicit else Path("label_splits") / f"{dataset}.json"
+
+
+def shots_dir(dataset: Optional[str], explicit: Optional[str] = None) -> Path:
+    """`explicit`, else `experiment_cfgs/<dataset>`."""
+    return Path(explicit) if explicit else Path("experiment_cfgs") / str(dataset)
+
+
+def test_features_path(features_dir: Path, explicit: Optional[str] = None) -> Path:
+    """`explicit`, else `test.hdf5`, else H&G's `val.hdf5` when only that one exists."""
+    if explicit:
+        return Path(explicit)
+    test, val = features_dir / "test.hdf5", features_dir / "val.hdf5"
+    return val if val.exists() and not test.exists() else test
+
+
+@dataclass
+class RunInputs:
+    """What a feature-consuming stage reads: features, label splits, and where the shot files are."""
+
+    train: FeatureSet
+    test: Optional[FeatureSet]
+    splits: LabelSplits
+    splits_path: Path
+    shots_dir: Path
+
+
+def load_inputs(run: str, features_dir: Optional[str] = None, splits: Optional[str] = None,
+                shots: Optional[str] = None, test_features: Optional[str] = None,
+                need_test: bool = True) -> RunInputs:
+    """Read the train (and test) features and the label splits of a run, checked to belong together.
+
+    Args:
+        run: the run folder; `features_dir` defaults to `<run>/features`.
+        splits, shots: explicit label split file and shot folder (default: from the data set the
+            train file records).
+        test_features: explicit test feature file (default: `test.hdf5`, or `val.hdf5`).
+        need_test: read the test file too.
+    """
+    fdir = Path(features_dir) if features_dir else RunFolder(Path(run)).features
+    train = read_features(fdir / "train.hdf5")
+    test = read_features(test_features_path(fdir, test_features)) if need_test else None
+    dataset = train.attrs.get("dataset")
+    if not dataset and (splits is None or (need_test and shots is None)):
+        raise InputError(train.path, NO_DATASET)
+    spath = splits_path(dataset, splits)
+    label_splits = load_label_splits(spath)
+    check_compatible(train, test, label_splits, spath)
+    return RunInputs(train, test, label_splits, spath, shots_dir(dataset, shots))
+
+
+def check_compatible(train: FeatureSet, test: Optional[FeatureSet], splits: LabelSplits, spath: Path) -> None:
+    """Same dimension and checkpoint for both files, every label inside the split file's label space."""
+    for fs in (train, test) if test is not None else (train,):
+        if len(fs.labels) and fs.labels.max() >= splits.num_classes:
+            raise InputError(fs.path, f"label {fs.labels.max()} is outside the label space of {spath} "
+                                      f"({splits.num_classes} classes)")
+    if test is None:
+        return
+    if test.dim != train.dim:
+        raise InputError(test.path, f"feature dimension {test.dim} does not match {train.path} ({train.dim})")
+    a, b = train.attrs.get("checkpoint_sha1"), test.attrs.get("checkpoint_sha1")
+    if a and b and a != b:
+        raise InputError(test.path, f"was extracted from checkpoint {b}, {train.path} from {a}: "
+                                    "re-run `lowshot features` so both come from one checkpoint")
+
+
+def rows_of(fs: FeatureSet, classes: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """The rows of `fs` whose label is in `classes`: features (n, d) contiguous and labels (n,)."""
+    keep = np.isin(fs.labels, np.asarray(classes))
+    return np.ascontiguousarray(fs.feats[keep]), fs.labels[keep]
