@@ -7,7 +7,9 @@ reported with its 95 % interval (Student t over episodes). All heads see the sam
 
 Heads with an `episode_scores(support, query, task)` method are scored on a batch of episodes
 at once; others are fitted episode by episode. Heads marked `episodic = False` (they need base
-rows) and heads whose fit raises `InputError` on an episode are skipped with a note.
+rows) and heads whose fit raises `InputError` on an episode are skipped with a note. Heads that
+centre on the base classes (`cosine_ncm`, as SimpleShot) get the mean of the setup's base-class rows
+of train.hdf5 as `task.base_mean`.
 """
 from __future__ import annotations
 
@@ -101,15 +103,28 @@ def episode_accuracies(name: str, params: Dict[str, Any], support: torch.Tensor,
 
 
 def _load(cfg: EpisodesConfig):
-    """Test features of the setup's novel classes and the representation's cosine scale."""
-    test = read_features(Path(cfg.features_dir or Path(cfg.run) / "features") / "test.hdf5")
+    """Test features, the setup's novel classes and the mean (d,) of its base classes' train rows (or None)."""
+    folder = Path(cfg.features_dir or Path(cfg.run) / "features")
+    test = read_features(folder / "test.hdf5")
     dataset = test.attrs.get("dataset")
     if cfg.splits is None and not dataset:
         raise InputError(test.path, "records no data set: pass --set splits=<label_splits file>")
     splits = load_label_splits(cfg.splits or Path("label_splits") / f"{dataset}.json")
     if len(test.labels) and test.labels.max() >= splits.num_classes:
         raise InputError(test.path, f"label {test.labels.max()} is outside the label space of the split file")
-    return test, splits.setup(cfg.setup)[1]
+    base, novel = splits.setup(cfg.setup)
+    return test, novel, _base_mean(folder / "train.hdf5", base, test.feats.shape[1])
+
+
+def _base_mean(path: Path, base: np.ndarray, dim: int) -> Optional[torch.Tensor]:
+    """Mean (d,) of the base classes' rows of the train features (SimpleShot's centre); None without them."""
+    if not path.exists():
+        return None
+    train = read_features(path)
+    if train.feats.shape[1] != dim:
+        raise InputError(path, f"features are {train.feats.shape[1]}-d but test.hdf5's are {dim}-d")
+    rows = np.isin(train.labels, base)
+    return torch.from_numpy(train.feats[rows].mean(0, dtype=np.float64)).float() if rows.any() else None
 
 
 def episodes(cfg: EpisodesConfig) -> str:
@@ -117,15 +132,17 @@ def episodes(cfg: EpisodesConfig) -> str:
     heads, ways, shots = _as_list(cfg.heads), _as_list(cfg.ways, int), _as_list(cfg.shots, int)
     for name in heads:
         HEADS.get(name)
-    test, novel = _load(cfg)
+    test, novel, base_mean = _load(cfg)
     device = pick_device(cfg.device)
     feats = torch.from_numpy(np.ascontiguousarray(test.feats)).to(device)
+    base_mean = base_mean.to(device) if base_mean is not None else None
     rows, notes = [], {}
     for w in ways:
         for s in shots:
             sup, qry = draw_episodes(test.labels, novel, w, s, cfg.queries, cfg.episodes, cfg.seed)
             support, query = feats[sup.to(device)], feats[qry.to(device)]
-            task = Task(w, np.zeros(0, np.int64), np.arange(w), None, test.classifier_scale, cfg.run, cfg.seed, device)
+            task = Task(w, np.zeros(0, np.int64), np.arange(w), None, test.classifier_scale, cfg.run, cfg.seed, device,
+                        base_mean=base_mean)
             for name in heads:
                 if name in notes:
                     continue

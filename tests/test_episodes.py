@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lowshot.episodes import EpisodesConfig, draw_episodes, episode_accuracies, episodes
+from lowshot.episodes import EpisodesConfig, _load, draw_episodes, episode_accuracies, episodes
 from lowshot.heads import HEADS, Task, create_head
 from lowshot.io.features import FeatureSet, write_features
 from lowshot.io.splits import LabelSplits, write_label_splits
@@ -53,7 +53,7 @@ def test_draws_are_disjoint_seeded_and_within_novel_classes():
 def test_batched_episode_scores_equal_fit_then_scores(name):
     g = torch.Generator().manual_seed(0)
     support, query = torch.randn(4, 5, 3, 8, generator=g), torch.randn(4, 5, 2, 8, generator=g)
-    task = Task(5, np.zeros(0, np.int64), np.arange(5), None, 10.0)
+    task = Task(5, np.zeros(0, np.int64), np.arange(5), None, 10.0, base_mean=torch.randn(8, generator=g))
     labels = torch.arange(5).repeat_interleave(3)
     batched = create_head(name).episode_scores(support, query.reshape(4, 10, 8), task)
     for e in range(4):
@@ -92,3 +92,45 @@ def test_interval_shrinks_as_one_over_root_episodes(run):
             half[n] = float(row["ci95"])
         ratios.append(half[100] / half[400])
     assert 1.7 < np.mean(ratios) < 2.3
+
+
+@pytest.fixture
+def run_with_train(run, tmp_path):
+    """The module's run plus a train.hdf5 whose setup-2 base rows (classes 35..39) have mean `shift`."""
+    shift = np.linspace(-3.0, 3.0, 16).astype(np.float32)
+    labels = np.repeat(np.arange(40), 4)
+    feats = np.random.default_rng(1).normal(size=(160, 16)).astype(np.float32)
+    base = labels >= 35
+    feats[base] += shift - feats[base].mean(0)
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "test.hdf5").symlink_to(run / "features" / "test.hdf5")
+    write_features(tmp_path / "features" / "train.hdf5", FeatureSet(feats, labels, {"dataset": "synth"}))
+    return tmp_path, torch.from_numpy(shift)
+
+
+def test_cosine_ncm_episodes_centre_on_the_base_classes_train_mean(run, run_with_train):
+    root, shift = run_with_train
+    cfg = EpisodesConfig(run=str(root), splits=str(run / "splits.json"), device="cpu")
+    test, novel, base_mean = _load(cfg)
+    assert torch.allclose(base_mean, shift, atol=1e-5)
+    sup, qry = draw_episodes(test.labels, novel, 5, 2, 3, 4, seed=0)
+    feats = torch.from_numpy(test.feats)
+    support, query = feats[sup], feats[qry].reshape(4, 15, 16)
+    task = Task(5, np.zeros(0, np.int64), np.arange(5), base_mean=base_mean)
+    scores = create_head("cosine_ncm").episode_scores(support, query, task)
+    unit = torch.nn.functional.normalize
+    means = unit(unit(support - shift, dim=-1).mean(2), dim=-1)  # by hand, with the known centre
+    assert torch.allclose(scores, unit(query - shift, dim=-1) @ means.transpose(1, 2), atol=1e-5)
+    centre = support.mean((1, 2), keepdim=True)  # centre="support": the support set's own mean
+    means = unit(unit(support - centre, dim=-1).mean(2), dim=-1)
+    expected = unit(query - centre[:, 0], dim=-1) @ means.transpose(1, 2)
+    assert torch.allclose(create_head("cosine_ncm", centre="support").episode_scores(support, query, task), expected,
+                          atol=1e-5)
+
+
+def test_cosine_ncm_is_skipped_without_train_features(run):
+    text = episodes(config(run, heads=["cosine_ncm"], ways=[5], shots=[1], episodes=10))
+    assert "cosine_ncm: skipped" in text and "train.hdf5" in text
+    text = episodes(config(run, heads=["cosine_ncm"], ways=[5], shots=[1], episodes=10,
+                           head_params={"cosine_ncm": {"centre": "support"}}))
+    assert "| cosine_ncm |" in text

@@ -4,12 +4,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lowshot.errors import InputError
-from lowshot.heads import HEADS, create_head
+from lowshot.heads import HEADS, Task, create_head
 from lowshot.heads._common import sq_distances
 from lowshot.heads._kmeans import cluster_classes, kmeans
 from lowshot.metrics import cell_metrics
@@ -173,3 +174,104 @@ def test_cluster_classes_keeps_rows_of_small_classes():
     centres, valid, _ = cluster_classes(x, y, torch.tensor([0, 1]), 3, 10, torch.Generator().manual_seed(0))
     assert torch.equal(centres[0, :2], x[:2]) and valid[0].tolist() == [True, True, False]
     assert valid[1].all()
+
+
+def _magnet_cell():
+    """Base class 0: clusters at (0, 0) and (4, 0); class 1 at (10, 0) and (14, 0); novel class 2: one shot
+    at (2, 0). Each base cluster is two rows at (c, ±s) with s² = 7/8, so σ² = 8 s² / (8 − 1) = 1."""
+    s = math.sqrt(7 / 8)
+    base = [(c, y) for c in (0.0, 4.0, 10.0, 14.0) for y in (s, -s)]
+    x = torch.tensor(base + [(2.0, 0.0)])
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2])
+    return x, y, Task(3, np.array([0, 1]), np.array([2]))
+
+
+def test_magnet_default_is_the_papers_vote_by_hand():
+    # Rippel et al.: p(c | x) = Σ_{μ among the L nearest, class c} e^{−‖x−μ‖²/2σ²} / Σ_{μ among the L nearest} …
+    x, y, task = _magnet_cell()
+    head = create_head("magnet", k=2, L=3).fit(x, y, task)
+    assert head.var_ == pytest.approx(1.0, rel=1e-5)
+    scores = head.scores(torch.tensor([[1.0, 0.0]]))[0]
+    # squared distances: (0,0) 1, (2,0) 1, (4,0) 9, (10,0) 81, (14,0) 169; L = 3 keeps the first three
+    votes = {0: math.exp(-1 / 2) + math.exp(-9 / 2), 2: math.exp(-1 / 2)}
+    total = votes[0] + votes[2]
+    assert scores[0].item() == pytest.approx(math.log(votes[0] / total), abs=1e-5)
+    assert scores[2].item() == pytest.approx(math.log(votes[2] / total), abs=1e-5)
+    assert scores[1].item() == pytest.approx(-81 / 2 - math.log(total), abs=1e-4)  # no vote: its best term
+    assert scores.argmax().item() == 0  # two clusters in the vote beat one
+
+
+def test_magnet_balanced_vote_by_hand():
+    # balance=True: a class's clusters weigh 1/K_c (K_0 = 2, K_2 = 1), which flips the decision above
+    x, y, task = _magnet_cell()
+    scores = create_head("magnet", k=2, L=3, balance=True).fit(x, y, task).scores(torch.tensor([[1.0, 0.0]]))[0]
+    votes = {0: (math.exp(-1 / 2) + math.exp(-9 / 2)) / 2, 2: math.exp(-1 / 2)}
+    total = votes[0] + votes[2]
+    assert scores[0].item() == pytest.approx(math.log(votes[0] / total), abs=1e-5)
+    assert scores[2].item() == pytest.approx(math.log(votes[2] / total), abs=1e-5)
+    assert scores.argmax().item() == 2
+
+
+def _repmet_cell():
+    """Unit vectors: base class 0 at ±40°, class 1 at 180° ± 40° (k = 2 keeps them as representatives),
+    novel class 2: one shot at 25°."""
+    def unit(deg):
+        return (math.cos(math.radians(deg)), math.sin(math.radians(deg)))
+
+    x = torch.tensor([unit(40), unit(-40), unit(140), unit(220), unit(25)])
+    y = torch.tensor([0, 0, 1, 1, 2])
+    reps = {0: (40, -40), 1: (140, 220), 2: (25,)}
+    return x, y, Task(3, np.array([0, 1]), np.array([2])), reps
+
+
+def test_repmet_default_is_the_soft_sum_by_hand():
+    # Karlinsky et al.: p_ij = exp(−‖x − R_ij‖² / 2σ²), P(i | x) = Σ_j p_ij / Σ_ij p_ij; σ = 0.5
+    x, y, task, reps = _repmet_cell()
+    head = create_head("repmet", k=2).fit(x, y, task)
+    scores = head.scores(torch.tensor([[3.0, 0.0]]))[0]  # the query at 0°, any norm
+
+    def p(deg):  # ‖x − r‖² = 2 − 2 cos θ between unit vectors
+        return math.exp(-(2 - 2 * math.cos(math.radians(deg))) / (2 * 0.5 ** 2))
+
+    soft = {i: sum(p(a) for a in angles) for i, angles in reps.items()}
+    total = sum(soft.values())
+    for i in range(3):
+        assert scores[i].item() == pytest.approx(math.log(soft[i] / total), abs=1e-5)
+    assert scores.argmax().item() == 0  # two representatives at 40° beat one at 25°
+    hard = create_head("repmet", k=2, reduce="max").fit(x, y, task).scores(torch.tensor([[3.0, 0.0]]))[0]
+    best = {i: max(p(a) for a in angles) for i, angles in reps.items()}
+    for i in range(3):
+        assert hard[i].item() == pytest.approx(math.log(best[i] / sum(best.values())), abs=1e-5)
+    assert hard.argmax().item() == 2
+
+
+def test_cosine_ncm_centres_on_the_base_mean_by_hand():
+    # SimpleShot's CL2N: subtract the base classes' mean train feature, then L2-normalise
+    x = torch.tensor([[2.0, 1.0], [4.0, 1.0], [3.0, 5.0], [1.0, 0.0]])  # base 0, base 0, base 1, novel 2
+    y = torch.tensor([0, 0, 1, 2])
+    task = Task(3, np.array([0, 1]), np.array([2]))
+    head = create_head("cosine_ncm").fit(x, y, task)
+    assert torch.allclose(head.centre_, torch.tensor([3.0, 7 / 3]))
+    q = torch.tensor([[3.0, 1.0]])  # centred: (0, −4/3); novel shot centred: (−2, −7/3)
+    novel_cos = (4 / 3 * 7 / 3) / (4 / 3 * math.hypot(2, 7 / 3))
+    assert head.scores(q)[0, 2].item() == pytest.approx(novel_cos, abs=1e-6)
+    support = create_head("cosine_ncm", centre="support").fit(x, y, task)
+    assert torch.allclose(support.centre_, x.mean(0))
+    assert torch.equal(create_head("cosine_ncm", centre="none").fit(x, y, task).centre_, torch.zeros(2))
+
+
+def test_cosine_ncm_without_base_rows_uses_the_given_base_mean_or_says_what_it_needs():
+    x, y = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+    task = Task(2, np.zeros(0, np.int64), np.arange(2), base_mean=torch.tensor([1.0, 1.0]))
+    head = create_head("cosine_ncm").fit(x, y, task)
+    assert torch.equal(head.centre_, torch.tensor([1.0, 1.0]))
+    # centred shots (0, −1) and (−1, 0); the query (3, 1) centred is (2, 0): cosines 0 and −1
+    assert torch.allclose(head.scores(torch.tensor([[3.0, 1.0]])), torch.tensor([[0.0, -1.0]]), atol=1e-6)
+    with pytest.raises(InputError, match="train.hdf5"):
+        create_head("cosine_ncm").fit(x, y, dataclasses.replace(task, base_mean=None))
+
+
+def test_logreg_identity_holds_only_what_its_solver_reads():
+    assert create_head("logreg", lr=0.5, maxiters=7).get_params() == {"solver": "lbfgs", "wd": 0.001, "tol": 1e-4}
+    assert create_head("logreg", solver="hg", tol=0.5).get_params() == {
+        "solver": "hg", "lr": 0.1, "wd": 0.001, "maxiters": 10000, "batch_size": 1000}

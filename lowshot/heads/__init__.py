@@ -33,6 +33,8 @@ class Task:
         seed: seed for any randomness in `fit`.
         device: where to compute.
         cache: per-process memo shared by the cells of one benchmark (e.g. a base-only solution).
+        base_mean: (d,) mean of the setup's base-class TRAIN features, for heads that centre on it
+            when the training rows hold no base class (an episode); None in a benchmark cell.
     """
 
     num_classes: int
@@ -44,6 +46,7 @@ class Task:
     seed: int = 0
     device: torch.device = torch.device("cpu")
     cache: Dict[str, Any] = field(default_factory=dict)
+    base_mean: Optional[torch.Tensor] = None
 
 
 class Head:

@@ -3,30 +3,37 @@ from __future__ import annotations
 
 import torch
 
+from lowshot.errors import InputError
 from lowshot.heads import Head, Task, register_head
 from lowshot.heads._common import class_means, l2_normalise, mask_absent, split_base
+
+CENTRES = ("base", "support", "none")
 
 
 @register_head("cosine_ncm")
 class CosineNCM(Head):
-    """Cosine nearest class mean (Wang, Chao, Weinberger & van der Maaten, "SimpleShot", 2019, arXiv 1911.04623).
+    """Cosine nearest class mean (Wang, Chao, Weinberger & van der Maaten, "SimpleShot: Revisiting
+    Nearest-Neighbor Classification for Few-Shot Learning", 2019, arXiv 1911.04623).
 
-    Features are centred on the mean of the base rows and L2-normalised; each class of the
-    setup is the re-normalised mean of its normalised rows and the score is the cosine. It
-    needs no classifier, so it works with any representation ("all-imprint"). Without base
-    rows (an episode) the centre is the mean of the training rows instead.
+    Features are centred and L2-normalised (SimpleShot's CL2N); each class of the setup is the
+    re-normalised mean of its normalised rows and the score is the cosine. It needs no classifier,
+    so it works with any representation ("all-imprint"). `centre="base"` (the default, SimpleShot's
+    rule) subtracts the mean of the base classes' training features: the base rows of the training
+    set, or `task.base_mean` in an episode, whose support holds no base class. `centre="support"`
+    subtracts the mean of the rows the head is fitted on (in an episode, the support set; its
+    effect on the demo's episodes is in the README); `centre="none"` does not centre.
+    Trap: SimpleShot ranks by the Euclidean distance to the un-normalised mean of the normalised
+    shots; the cosine to the re-normalised mean ranks the same at one shot, not beyond.
     """
 
     episodic = True
 
-    def __init__(self, centre: bool = True):
+    def __init__(self, centre: str = "base"):
         self.centre = centre
 
     def fit(self, feats: torch.Tensor, labels: torch.Tensor, task: Task) -> "CosineNCM":
         feats = feats.float()
-        is_base = split_base(labels, task)[1]
-        rows = feats[is_base] if is_base.any() else feats
-        self.centre_ = rows.mean(0) if self.centre else feats.new_zeros(feats.shape[1])
+        self.centre_ = self._centre(feats[None], labels, task)[0]
         means, counts = class_means(l2_normalise(feats - self.centre_), labels, task.num_classes)
         self.means_, self.present_ = l2_normalise(means), counts > 0
         return self
@@ -39,6 +46,22 @@ class CosineNCM(Head):
 
     def episode_scores(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
         """Scores (E, Q, W) of a batch of episodes: support (E, W, S, d), query (E, Q, d)."""
-        centre = support.mean((1, 2), keepdim=True) if self.centre else torch.zeros_like(support[:, :1, :1])
-        means = l2_normalise(l2_normalise(support - centre).mean(2))
-        return l2_normalise(query - centre[:, 0]) @ means.transpose(1, 2)
+        centre = self._centre(support.flatten(1, 2), None, task)[:, None]  # (E, 1, d)
+        means = l2_normalise(l2_normalise(support - centre[:, :, None]).mean(2))
+        return l2_normalise(query - centre) @ means.transpose(1, 2)
+
+    def _centre(self, rows: torch.Tensor, labels, task: Task) -> torch.Tensor:
+        """The centre (E, d) of E training sets rows (E, N, d) with labels (N,) (None: no base rows)."""
+        if self.centre not in CENTRES:
+            raise InputError(None, f"unknown cosine_ncm centre {self.centre!r}; choose one of: {', '.join(CENTRES)}")
+        if self.centre == "none":
+            return rows.new_zeros(rows.shape[0], rows.shape[2])
+        if self.centre == "support":
+            return rows.mean(1)
+        is_base = split_base(labels, task)[1] if labels is not None else None
+        if is_base is not None and is_base.any():
+            return rows[:, is_base].mean(1)
+        if task.base_mean is None:
+            raise InputError(None, "head 'cosine_ncm' centres on the base classes' mean train feature and has "
+                                   "none here (episodes read it from the run's train.hdf5); or set centre='support'")
+        return task.base_mean.to(rows).expand(rows.shape[0], -1)

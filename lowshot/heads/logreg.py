@@ -13,12 +13,16 @@ sampling their logits only ever receive negative gradients.
 """
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import torch
 import torch.nn.functional as F
 
 from lowshot.errors import InputError
 from lowshot.heads import Head, Task, register_head
 from lowshot.heads._common import mask_absent, split_base
+
+SOLVER_PARAMS = {"lbfgs": ("wd", "tol"), "hg": ("lr", "wd", "maxiters", "batch_size")}  # what each solver reads
 
 
 def mixing_weights(labels: torch.Tensor, task: Task) -> torch.Tensor:
@@ -43,8 +47,14 @@ class LogReg(Head):
         self.batch_size = batch_size
         self.tol = tol
 
+    def get_params(self) -> Dict[str, Any]:
+        """The options the chosen solver uses (they make the result identity); the others have no effect."""
+        params = super().get_params()
+        used = SOLVER_PARAMS.get(self.solver)
+        return params if used is None else {k: v for k, v in params.items() if k == "solver" or k in used}
+
     def fit(self, feats: torch.Tensor, labels: torch.Tensor, task: Task) -> "LogReg":
-        if self.solver not in ("lbfgs", "hg"):
+        if self.solver not in SOLVER_PARAMS:
             raise InputError(None, f"unknown logreg solver {self.solver!r}; choose one of: hg, lbfgs")
         self.present_ = torch.bincount(labels, minlength=task.num_classes) > 0
         if self.solver == "hg":

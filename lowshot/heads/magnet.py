@@ -22,15 +22,17 @@ class Magnet(Head):
     of class c is log Σ_{μ among the L nearest clusters, class c} exp(−‖x − μ‖² / 2σ²),
     normalised over the L nearest. Classes with no cluster among the L nearest get their best
     cluster's term instead: that keeps them finite and ranked below every voted class.
-    `balance=True` weights a class's clusters by 1/K_c (a mixture with equal class priors): the
-    same rule when every class has k clusters, but a novel class with n < k shots is not
-    out-voted by base classes merely for having fewer clusters (`balance=False`: the paper's sum).
+    The default `balance=False` is the paper's rule: every cluster votes with weight 1, so a
+    class with more clusters among the L nearest collects more mass. `balance=True` weights a
+    class's clusters by 1/K_c (a mixture with equal class priors): the same rule when every class
+    has k clusters, but a novel class with n < k shots is not out-voted by base classes merely for
+    having fewer clusters (its effect on the demo is in the README).
     Trap: σ² is a total (not per-dimension) variance; pytorch.repmet squares it once more.
     """
 
     episodic = False  # σ² needs base rows
 
-    def __init__(self, k: int = 5, L: int = 128, iters: int = 20, balance: bool = True):
+    def __init__(self, k: int = 5, L: int = 128, iters: int = 20, balance: bool = False):
         self.k = k
         self.L = L
         self.iters = iters

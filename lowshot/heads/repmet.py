@@ -33,16 +33,18 @@ class RepMet(Head):
 
     On L2-normalised features, a base class is represented by k representatives (per-class
     k-means of its base rows, computed once per benchmark), a novel class by its shots (k-means
-    of them when n > k). p_ij ∝ exp(−‖x − R_ij‖² / 2σ²) with the authors' σ = 0.5 and k = 5;
-    P(i | x) takes the `max` (hard, the default) or the `sum` (soft) over a class's
-    representatives, normalised over classes; `mean` is the soft rule with equal class priors.
-    Trap: `sum` favours classes with more representatives, i.e. base (k) over n < k shot novel
-    classes. The representatives are not learned (the features are fixed). Scores are log-posteriors.
+    of them when n > k). p_ij = exp(−‖x − R_ij‖² / 2σ²) with the authors' σ = 0.5 and k = 5.
+    The default `reduce="sum"` is the paper's classification posterior (the "soft" rule),
+    P(i | x) = Σ_j p_ij / Σ_{i′, j} p_{i′j}. `max` is the paper's hard (detection) rule max_j p_ij,
+    normalised over classes; `mean` is the soft rule with equal class priors. Trap: `sum` favours
+    classes with more representatives, i.e. base (k) over n < k shot novel classes (its effect on
+    the demo is in the README). The representatives are not learned (the features are fixed).
+    Scores are log-posteriors.
     """
 
     episodic = True
 
-    def __init__(self, k: int = 5, sigma: float = 0.5, reduce: str = "max", iters: int = 20):
+    def __init__(self, k: int = 5, sigma: float = 0.5, reduce: str = "sum", iters: int = 20):
         self.k = k
         self.sigma = sigma
         self.reduce = reduce
