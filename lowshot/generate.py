@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from lowshot.config import pick_device, versions
 from lowshot.errors import InputError
-from lowshot.generators.analogies import HIDDEN, AnalogyGenerator, load_generator_file
+from lowshot.generators.analogies import HIDDEN, AnalogyGenerator, analogy_errors, load_generator_file
 from lowshot.generators.kmeans import default_clusters_per_class, kmeans_per_class
 from lowshot.generators.loss_classifier import KINDS, LossClassifier, fit_base_logreg, representation_classifier
 from lowshot.generators.mining import mine_analogies
@@ -233,6 +233,27 @@ def cluster_and_mine(cfg: GenerateConfig, base: BaseData, k: int, keys: Dict[str
     return centroids, mined["quads"].to(base.feats.device)
 
 
+def fit_generator(centroids: torch.Tensor, quads: torch.Tensor, labels: torch.Tensor, clf: LossClassifier,
+                  cfg: GenerateConfig, iterations: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
+    """Train G (`train_generator`, same arguments), then measure its fit to the analogies.
+
+    Returns:
+        (model state dict, {"generator", "copy_seed", "a_minus_c_plus_d"}: mean squared errors
+        against B over all analogies), the second so that a G that learned nothing shows.
+    """
+    print(f"training the generator: {len(quads)} analogies, {iterations} iterations", flush=True)
+    start = time.perf_counter()
+    with _threads(cfg.cpu_threads if centroids.device.type == "cpu" else None):
+        state = train_generator(centroids, quads, labels, clf, cfg, iterations)
+    print(f"generator training: {time.perf_counter() - start:.1f} s", flush=True)
+    model = AnalogyGenerator(centroids.shape[1]).to(centroids.device)
+    model.load_state_dict(state)
+    fit = analogy_errors(model, centroids, quads)
+    print("MSE over the analogies: G(A, C, D) {generator:.4f}, copying the seed A {copy_seed:.4f}, "
+          "A − C + D {a_minus_c_plus_d:.4f}".format(**fit), flush=True)
+    return state, fit
+
+
 def generate(cfg: GenerateConfig) -> Path:
     """Cluster, mine, train; returns the path of `generator.pt` (skipped when it is up to date)."""
     out = Path(cfg.out_dir) if cfg.out_dir else RunFolder(Path(cfg.run)).generator
@@ -244,18 +265,17 @@ def generate(cfg: GenerateConfig) -> Path:
         print(f"{final} is up to date", flush=True)
         return final
     centroids, quads = cluster_and_mine(cfg, base, k, keys, out / "cache")
+    clf = loss_classifier(cfg, base, keys["classifier"], out / "cache")
     iterations = cfg.iterations or default_iterations(len(quads), cfg.batch_size)
-    print(f"training the generator: {len(quads)} analogies, {iterations} iterations", flush=True)
-    start = time.perf_counter()
     flat = centroids.reshape(-1, centroids.shape[-1])
-    labels = torch.as_tensor(base.classes, device=flat.device).repeat_interleave(k)
-    with _threads(cfg.cpu_threads if flat.device.type == "cpu" else None):
-        state = train_generator(flat, quads, labels, base, cfg, iterations)
-    print(f"generator training: {time.perf_counter() - start:.1f} s", flush=True)
+    labels = torch.arange(len(base.classes), device=flat.device).repeat_interleave(k)  # columns of clf
+    state, fit = fit_generator(flat, quads, labels, clf, cfg, iterations)
     save_torch(final, {"model_state": state, "centroids": flat.float().cpu(), "base_classes": list(base.classes),
                        "num_base_classes": len(base.classes), "clusters_per_class": k, "feature_dim": flat.shape[1],
                        "hidden": HIDDEN, "num_analogies": len(quads), "iterations": iterations,
-                       "key": keys["generator"], "config": dataclasses.asdict(cfg), "versions": versions()})
+                       "classifier": {"kind": cfg.classifier, "wd": cfg.classifier_wd, "key": keys["classifier"]},
+                       "fit": fit, "key": keys["generator"], "config": dataclasses.asdict(cfg),
+                       "versions": versions()})
     write_json(out / "generate_config.json", {**dataclasses.asdict(cfg), "clusters_per_class": k,
                                               "iterations": iterations})
     return final

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Dict
 
 import torch
 from torch import nn
@@ -36,6 +37,27 @@ class AnalogyGenerator(nn.Module):
         """a, c, d of shape (B, dim) -> B̂ of shape (B, dim)."""
         h = torch.relu(self.fc1(torch.cat([a, c, d], dim=1)))
         return torch.relu(self.fc3(torch.relu(self.fc2(h))))
+
+
+@torch.no_grad()
+def analogy_errors(model: AnalogyGenerator, centroids: torch.Tensor, quads: torch.Tensor,
+                   chunk: int = 65536) -> Dict[str, float]:
+    """How well analogies are completed: mean squared error (per element) against B.
+
+    Args:
+        centroids: (num_centroids, d); quads: (M, 4) rows (A, B, C, D) into it.
+
+    Returns:
+        {"generator": G(A, C, D), "copy_seed": A, "a_minus_c_plus_d": A − C + D}, each the mean
+        over M × d elements. A G that learned the analogies sits well below "copy_seed".
+    """
+    sums = torch.zeros(3, dtype=torch.float64, device=centroids.device)
+    for s in range(0, len(quads), chunk):
+        a, b, c, d = (centroids[quads[s:s + chunk, i]] for i in range(4))
+        guesses = (model(a, c, d), a, a - c + d)
+        sums += torch.stack([(g - b).pow(2).sum().double() for g in guesses])
+    values = (sums / (len(quads) * centroids.shape[1])).tolist()
+    return dict(zip(("generator", "copy_seed", "a_minus_c_plus_d"), values))
 
 
 @dataclass
