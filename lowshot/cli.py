@@ -1,7 +1,8 @@
 """The `lowshot` command: one thin command per stage; the stage functions do the work.
 
-Every command takes `--config FILE.json` and repeated `--set key=value` (value parsed as JSON
-when it can be) on top of its flags: dataclass defaults < config file < --set < flags.
+Every command takes `--config FILE.json` and repeated `--set key=value` on top of its flags:
+dataclass defaults < config file < --set < flags, each value converted to its field's type.
+Component choices (`--heads`, `--backbone`, ...) are read from the registries.
 """
 from __future__ import annotations
 
@@ -24,17 +25,59 @@ class Group(click.Group):
             raise click.ClickException(str(e)) from None
 
 
+class RegistryChoice(click.Choice):
+    """A choice among a registry's names, read from the registry when first needed.
+
+    `many=True` takes a comma-separated list (or `all`) and returns a list of names. An unknown
+    name is the registry's own one-line error, which lists the valid choices.
+    """
+
+    def __init__(self, module: str, attr: str, many: bool = False):
+        self._where, self.many, self.case_sensitive = (module, attr), many, True
+
+    def registry(self):
+        import importlib
+        return getattr(importlib.import_module(self._where[0]), self._where[1])
+
+    @property
+    def choices(self):
+        return tuple(self.registry().names())
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        names = list(self.choices) if self.many and value == "all" else (
+            [v.strip() for v in value.split(",") if v.strip()] if self.many else [value])
+        for name in names:
+            try:
+                self.registry().get(name)
+            except InputError as e:
+                raise click.ClickException(str(e)) from None
+        return names if self.many else names[0]
+
+    def get_metavar(self, param, ctx=None):
+        return "[" + "|".join(self.choices) + "]" + (",... | all" if self.many else "")
+
+
 def _overrides(sets) -> dict:
+    """`--set key=value` items as {key: raw text}; the config layer converts each to its field's type."""
     out = {}
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep:
             raise click.BadParameter(f"{item!r} is not key=value", param_hint="--set")
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
+        out[key.replace("-", "_")] = value
     return out
+
+
+def _int_list(ctx, param, value):
+    """'1,2,5' -> [1, 2, 5]; None stays None (the config's value or default applies)."""
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
 
 
 def common(f):
@@ -47,7 +90,7 @@ def common(f):
 
 def _resolve(cls, config, sets, **flags):
     from lowshot.config import resolve_config
-    return resolve_config(cls, config, **{**_overrides(sets), **{k: v for k, v in flags.items() if v is not None}})
+    return resolve_config(cls, config, _overrides(sets), **flags)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -57,7 +100,7 @@ def main():
 
 
 @main.command()
-@click.option("--dataset", default="glyphs", help="Registered data set.")
+@click.option("--dataset", default="glyphs", type=RegistryChoice("lowshot.data", "DATASETS"))
 @click.option("--dataset-args", default="{}", help="JSON keyword arguments of the data set loader.")
 @click.option("--seed", type=int, default=0)
 @click.option("--force", is_flag=True, help="Rewrite split and shot files that exist.")
@@ -70,9 +113,9 @@ def data(dataset, dataset_args, seed, force):
 
 @main.command()
 @click.option("--run", default=None, help="Run folder (or name under runs/).")
-@click.option("--backbone", default=None, help="resnet10 | resnet18 | resnet34 | resnet50 | resnet101")
-@click.option("--classifier", default=None, help="linear | cosine")
-@click.option("--aux-loss", default=None, help="none | l2 | sgm | batchsgm")
+@click.option("--backbone", default=None, type=RegistryChoice("lowshot.backbones", "BACKBONES"))
+@click.option("--classifier", default=None, type=RegistryChoice("lowshot.backbones", "CLASSIFIERS"))
+@click.option("--aux-loss", default=None, type=RegistryChoice("lowshot.losses", "AUX_LOSSES"))
 @click.option("--aux-weight", type=float, default=None)
 @click.option("--epochs", type=int, default=None)
 @common
@@ -123,22 +166,16 @@ def train_matching(run, force, config, sets, seed, device):
     click.echo(f"matching network: {stage(cfg)}")
 
 
-def _heads(value):
-    from lowshot.heads import HEADS
-    names = HEADS.names() if value == "all" else [h.strip() for h in value.split(",") if h.strip()]
-    for name in names:
-        HEADS.get(name)
-    return names
-
-
 @main.command()
 @click.option("--run", default=None, help="Run folder (or name under runs/).")
-@click.option("--heads", default="logreg", help="Comma-separated head names, or 'all'.")
-@click.option("--n", "ns", default="1,2,5,10,20", help="Comma-separated shot counts.")
-@click.option("--expid", default=None, help="Experiment ids, comma-separated [default: $SLURM_ARRAY_TASK_ID or 1-5].")
+@click.option("--heads", default=None, type=RegistryChoice("lowshot.heads", "HEADS", many=True),
+              help="Comma-separated head names, or 'all' [default: logreg].")
+@click.option("--n", "ns", default=None, callback=_int_list, help="Comma-separated shot counts [default: 1,2,5,10,20].")
+@click.option("--expid", default=None, callback=_int_list,
+              help="Experiment ids, comma-separated [default: $SLURM_ARRAY_TASK_ID or 1-5].")
 @click.option("--setup", type=click.Choice(["1", "2"]), default=None, help="1 = validation, 2 = test [default: 2].")
 @click.option("--solver", default=None, help="logreg solver: lbfgs (fast, default) | hg (H&G's SGD schedule).")
-@click.option("--generator", default=None, help="Feature generator (e.g. analogies).")
+@click.option("--generator", default=None, type=RegistryChoice("lowshot.generators", "GENERATORS"))
 @click.option("--max-per-label", type=int, default=None, help="Generate up to M examples per novel class.")
 @click.option("--force", is_flag=True, default=None, help="Recompute cells that have results.")
 @common
@@ -146,8 +183,7 @@ def benchmark(run, heads, ns, expid, setup, solver, generator, max_per_label, fo
     """Run the low-shot grid: one result JSON per (head, n, experiment) under <run>/results/."""
     from lowshot.benchmark import BenchmarkConfig, benchmark as benchmark_stage
     from lowshot.run import run_dir
-    cfg = _resolve(BenchmarkConfig, config, sets, run=run and run_dir(run), heads=_heads(heads),
-                   ns=[int(x) for x in ns.split(",")], expids=expid and [int(x) for x in expid.split(",")],
+    cfg = _resolve(BenchmarkConfig, config, sets, run=run and run_dir(run), heads=heads, ns=ns, expids=expid,
                    setup=setup and int(setup), generator=generator, max_per_label=max_per_label, force=force,
                    seed=seed, device=device)
     if solver:
