@@ -37,6 +37,7 @@ from lowshot.generators.kmeans import default_clusters_per_class, kmeans_per_cla
 from lowshot.generators.loss_classifier import KINDS, LossClassifier, fit_base_logreg, representation_classifier
 from lowshot.generators.mining import mine_analogies
 from lowshot.io.atomic import save_torch, write_json
+from lowshot.io.features import FeatureSet
 from lowshot.run import RunFolder, load_inputs, rows_of
 
 MINING_VERSION = 1  # bump when the mined analogies of the same centroids could change
@@ -75,12 +76,12 @@ class GenerateConfig:
 
 @dataclass
 class BaseData:
-    """Base-class train rows (on the device) and the frozen classifier the generator is trained against."""
+    """Base-class train rows (on the device) and the representation's classifier, if any."""
 
     feats: torch.Tensor  # (N, d)
     labels: torch.Tensor  # (N,)
     classes: list  # sorted base classes
-    weight: torch.Tensor  # (C, d)
+    weight: Optional[torch.Tensor]  # (C, d) the representation's classifier, if the file has one
     scale: Optional[float]  # cosine classifier scale s, None for a linear classifier
     digest: str  # identity of the base rows
     classifier_digest: str
@@ -102,19 +103,31 @@ def load_base_data(cfg: GenerateConfig, device: torch.device) -> BaseData:
     """Read the train features and splits; keep the base-class rows and the classifier."""
     inputs = load_inputs(cfg.run, cfg.features_dir, cfg.splits, need_test=False)
     train, classes, path = inputs.train, inputs.splits.base_classes, inputs.train.path
-    if train.classifier_weight is None:
-        raise InputError(path, "has no classifier_weight: re-run `lowshot features` with this version")
+    _check_classifier(train, classes, cfg.classifier)
     feats, labels = rows_of(train, classes)
     missing = sorted(set(classes) - set(np.unique(labels).tolist()))
     if missing:
         raise InputError(path, f"base classes without train rows: {missing[:5]}")
-    if max(classes) >= len(train.classifier_weight):
-        raise InputError(path, f"classifier_weight has {len(train.classifier_weight)} rows, base class "
-                               f"{max(classes)} needs more")
-    weight = train.classifier_weight.astype(np.float32)
+    weight = None if train.classifier_weight is None else train.classifier_weight.astype(np.float32)
     return BaseData(torch.from_numpy(feats).to(device), torch.from_numpy(labels).to(device), classes,
-                    torch.from_numpy(weight).to(device), train.classifier_scale,
+                    None if weight is None else torch.from_numpy(weight).to(device), train.classifier_scale,
                     _digest(feats, labels, classes), _digest(weight, train.classifier_scale))
+
+
+def _check_classifier(train: FeatureSet, classes, kind: str) -> None:
+    """A known kind; for `representation`, linear classifier rows in `train` that cover the base classes."""
+    if kind not in KINDS:
+        raise InputError(None, f"unknown classifier {kind!r}; choose one of: {', '.join(KINDS)}")
+    if kind == "fit":
+        return
+    if train.classifier_weight is None:
+        raise InputError(train.path, "has no classifier_weight: use --set classifier=fit")
+    if train.classifier_scale is not None:
+        raise InputError(train.path, "holds a cosine classifier, blind to the norm of generated features: "
+                                     "use --set classifier=fit")
+    if max(classes) >= len(train.classifier_weight):
+        raise InputError(train.path, f"classifier_weight has {len(train.classifier_weight)} rows, base class "
+                                     f"{max(classes)} needs more")
 
 
 def cached(path: Path, compute: Callable[[], Dict[str, torch.Tensor]], force: bool, what: str) -> Dict:
@@ -207,10 +220,8 @@ def stage_keys(cfg: GenerateConfig, base: BaseData, k: int) -> Dict[str, str]:
 
 def loss_classifier(cfg: GenerateConfig, base: BaseData, key: str, cache: Path) -> LossClassifier:
     """The frozen classifier of G's CE term over the base classes, fitted once and cached."""
-    if cfg.classifier not in KINDS:
-        raise InputError(None, f"unknown classifier {cfg.classifier!r}; choose one of: {', '.join(KINDS)}")
     if cfg.classifier == "representation":
-        return LossClassifier(**representation_classifier(base.weight, base.scale, base.classes))
+        return LossClassifier(**representation_classifier(base.weight, base.classes))
     rows = cached(cache / f"classifier-{key}.pt",
                   lambda: fit_base_logreg(base.feats, base.labels, base.classes, cfg.classifier_wd),
                   cfg.force, f"base-class logistic regression (wd {cfg.classifier_wd:g})")

@@ -6,6 +6,7 @@ import torch
 import lowshot.generate as stage
 from lowshot.errors import InputError
 from lowshot.generators import GENERATORS
+from lowshot.generators.analogies import AnalogyGenerator
 from lowshot.generators.kmeans import kmeans_per_class
 from lowshot.generators.mining import mine_analogies, mine_analogies_loop
 from lowshot.io.features import FeatureSet, read_features, write_features
@@ -30,8 +31,8 @@ def write_project(root, dim=DIM, weight=True, num_classes=10, per_class=30):
 def config(root, **kw):
     fdir, splits = write_project(root) if not (root / "splits.json").exists() else (root / "features",
                                                                                      root / "splits.json")
-    return stage.GenerateConfig(run=str(root), features_dir=str(fdir), splits=str(splits), out_dir=str(root / "gen"),
-                                iterations=30, device="cpu", **kw)
+    return stage.GenerateConfig(**{"run": str(root), "features_dir": str(fdir), "splits": str(splits),
+                                   "out_dir": str(root / "gen"), "iterations": 30, "device": "cpu", **kw})
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +126,53 @@ def test_interrupted_run_resumes_after_clustering(tmp_path, monkeypatch, capsys)
     assert "reusing k-means" in capsys.readouterr().out
 
 
-def test_feature_file_without_classifier_weight_is_a_one_line_error(tmp_path):
+def test_the_fitted_classifier_needs_no_classifier_rows_and_the_representation_needs_linear_ones(tmp_path):
     write_project(tmp_path, weight=False)
+    obj = torch.load(stage.generate(config(tmp_path)), weights_only=True)
+    assert obj["classifier"]["kind"] == "fit"
     with pytest.raises(InputError, match="has no classifier_weight") as err:
-        stage.generate(config(tmp_path))
+        stage.generate(config(tmp_path, classifier="representation"))
     assert "\n" not in str(err.value)
+    write_planted(tmp_path, cosine=True)
+    with pytest.raises(InputError, match="holds a cosine classifier"):
+        stage.generate(config(tmp_path, classifier="representation"))
+
+
+def write_planted(root, cosine=True, num_classes=10, per_class=40):
+    """Classes that share one mode of variation: x = μ_c + t·v + small noise, t ~ U(−1, 1), at the
+    scale of real post-ReLU features; the file carries a cosine classifier, as the demo's does."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(num_classes), per_class)
+    means = 0.2 + 0.6 * rng.random((num_classes, DIM))
+    v = rng.normal(size=DIM)
+    v *= 1.5 / np.linalg.norm(v)
+    feats = means[labels] + rng.uniform(-1, 1, size=(len(labels), 1)) * v + 0.03 * rng.normal(size=(len(labels), DIM))
+    write_features(root / "features" / "train.hdf5", FeatureSet(np.maximum(feats, 0).astype(np.float32), labels,
+                                                                {"dataset": "synth"}, means.astype(np.float32),
+                                                                10.0 if cosine else None))
+    write_label_splits(root / "splits.json", LabelSplits([f"c{i}" for i in range(num_classes)],
+                                                         [0, 1, 2], [3, 4, 5], [6, 7], [8, 9]))
+    return torch.from_numpy(v).float()
+
+
+def test_generator_learns_a_planted_class_shared_mode(tmp_path):
+    """Issue 8: trained through the cosine classifier, G completed analogies no better than copying the seed."""
+    v = write_planted(tmp_path)
+    obj = torch.load(stage.generate(config(tmp_path, iterations=600)), weights_only=True)
+    model = AnalogyGenerator(DIM)
+    model.load_state_dict(obj["model_state"])
+    cent = obj["centroids"]
+    quads, _ = mine_analogies(cent.view(6, -1, DIM))
+    a, b, c, d = (cent[quads[:, i]] for i in range(4))
+    with torch.no_grad():
+        mse, copy_seed = (model(a, c, d) - b).pow(2).mean(), (a - b).pow(2).mean()
+        seed = torch.from_numpy(read_features(tmp_path / "features" / "train.hdf5").feats[8 * 40:8 * 40 + 1])
+        moves = model(seed.expand(len(c), -1), c, d) - seed  # a novel class's seed, moved by base analogies
+    assert mse < 0.3 * copy_seed
+    assert obj["fit"]["generator"] == pytest.approx(mse.item(), rel=1e-4)
+    assert obj["fit"]["copy_seed"] == pytest.approx(copy_seed.item(), rel=1e-4)
+    along = (moves @ v / v.norm()).pow(2).sum() / moves.pow(2).sum()
+    assert along > 0.5, along  # a novel seed mostly moves along the shared mode (a random direction: 1/16)
 
 
 # --- the plug-ins -----------------------------------------------------------------------------
@@ -190,6 +233,6 @@ def test_cli_generate_writes_the_generator_and_reports_bad_input_in_one_line(tmp
     assert result.exit_code == 0, result.output
     assert (tmp_path / "generator" / "generator.pt").exists()
     write_project(tmp_path, weight=False)
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, args + ["--set", "classifier=representation"])
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert result.output.startswith("Error: ") and "has no classifier_weight" in result.output

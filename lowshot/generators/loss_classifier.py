@@ -16,12 +16,11 @@ top-1). Two kinds, chosen by `GenerateConfig.classifier`:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import torch
 
-from lowshot.errors import InputError
 from lowshot.heads import Task, create_head
 
 KINDS = ("fit", "representation")
@@ -61,18 +60,12 @@ def fit_base_logreg(feats: torch.Tensor, labels: torch.Tensor, classes: Sequence
     return {"weight": head.weight_[base].contiguous(), "bias": head.bias_[base].contiguous()}
 
 
-def representation_classifier(weight: Optional[torch.Tensor], scale: Optional[float], classes: Sequence[int],
-                              path=None) -> Dict[str, torch.Tensor]:
-    """The base rows of the representation's own linear classifier (no bias: zero bias), or an `InputError`.
+def representation_classifier(weight: torch.Tensor, classes: Sequence[int]) -> Dict[str, torch.Tensor]:
+    """The base rows of the representation's own linear classifier, which has no bias (zero bias).
 
     Args:
-        weight: (C, d) classifier rows of the feature file `path`, or None; scale: cosine scale, or None.
+        weight: (C, d) linear classifier rows (`lowshot.generate` refuses cosine ones).
         classes: the sorted base classes.
     """
-    if weight is None:
-        raise InputError(path, "has no classifier_weight: use --set classifier=fit")
-    if scale is not None:
-        raise InputError(path, "holds a cosine classifier, whose loss is blind to the norm of generated "
-                               "features: use --set classifier=fit")
     rows = weight[torch.as_tensor(list(classes), device=weight.device)]
     return {"weight": rows.contiguous(), "bias": rows.new_zeros(len(rows))}
