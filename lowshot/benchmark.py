@@ -18,10 +18,12 @@ from lowshot.config import pick_device, versions
 from lowshot.errors import InputError
 from lowshot.generators import GENERATORS
 from lowshot.heads import HEADS, Task, create_head
-from lowshot.io.features import FeatureSet, read_features
+from lowshot.io.features import content_digest
+from lowshot.io.fingerprint import file_digest
 from lowshot.io.results import has_result, result_path, write_result
-from lowshot.io.splits import LabelSplits, load_label_splits, load_shots
+from lowshot.io.splits import load_shots
 from lowshot.metrics import cell_metrics
+from lowshot.run import RunFolder, RunInputs, load_inputs, rows_of
 
 SHOTS = (1, 2, 5, 10, 20)
 EXPERIMENTS = (1, 2, 3, 4, 5)
@@ -39,6 +41,7 @@ class BenchmarkConfig:
     generator_file: Optional[str] = None  # default: <run>/generator/generator.pt
     max_per_label: int = 0
     features_dir: Optional[str] = None  # default: <run>/features
+    test_features: Optional[str] = None  # default: <features_dir>/test.hdf5, else H&G's val.hdf5
     splits: Optional[str] = None  # default: label_splits/<dataset>.json
     shots_dir: Optional[str] = None  # default: experiment_cfgs/<dataset>
     out_dir: Optional[str] = None  # default: <run>/results
@@ -58,10 +61,7 @@ class Context:
     """Everything the cells of one process share, loaded once."""
 
     cfg: BenchmarkConfig
-    train: FeatureSet
-    test: FeatureSet
-    splits: LabelSplits
-    shots_dir: Path
+    inputs: RunInputs
     out_dir: Path
     device: torch.device
     base_feats: torch.Tensor
@@ -69,30 +69,25 @@ class Context:
     test_feats: torch.Tensor
     test_labels: torch.Tensor
     task: Task
+    digests: Dict[str, Any]
     generator_state: Any = None
 
 
 def load_context(cfg: BenchmarkConfig) -> Context:
     """Read features, splits and the generator; keep the setup's base and test rows on the device."""
-    fdir = Path(cfg.features_dir or Path(cfg.run) / "features")
-    train, test = read_features(fdir / "train.hdf5"), read_features(fdir / "test.hdf5")
-    dataset = train.attrs.get("dataset")
-    if (cfg.splits is None or cfg.shots_dir is None) and not dataset:
-        raise InputError(fdir / "train.hdf5", "records no data set: pass --splits and --shots-dir")
-    splits = load_label_splits(cfg.splits or Path("label_splits") / f"{dataset}.json")
-    _check_compatible(train, test, splits, cfg.splits or f"label_splits/{dataset}.json")
+    inputs = load_inputs(cfg.run, cfg.features_dir, cfg.splits, cfg.shots_dir, cfg.test_features)
+    train, test, splits = inputs.train, inputs.test, inputs.splits
     device = pick_device(cfg.device)
     base, novel = splits.setup(cfg.setup)
-    on = np.isin(train.labels, base)
-    keep = np.isin(test.labels, np.concatenate([base, novel]))
+    base_feats, base_labels = rows_of(train, base)
+    test_feats, test_labels = rows_of(test, np.concatenate([base, novel]))
     task = Task(splits.num_classes, base, novel, _tensor(train.classifier_weight, device), train.classifier_scale,
                 cfg.run, cfg.seed, device)
-    ctx = Context(cfg, train, test, splits, Path(cfg.shots_dir or Path("experiment_cfgs") / dataset),
-                  Path(cfg.out_dir or Path(cfg.run) / "results"), device,
-                  _tensor(train.feats[on], device), _tensor(train.labels[on], device),
-                  _tensor(test.feats[keep], device), _tensor(test.labels[keep], device), task)
+    ctx = Context(cfg, inputs, Path(cfg.out_dir or RunFolder(Path(cfg.run)).results),
+                  device, _tensor(base_feats, device), _tensor(base_labels, device), _tensor(test_feats, device),
+                  _tensor(test_labels, device), task, input_digests(inputs))
     if cfg.generator:
-        gen_file = cfg.generator_file or str(Path(cfg.run) / "generator" / "generator.pt")
+        gen_file = cfg.generator_file or str(RunFolder(Path(cfg.run)).generator / "generator.pt")
         ctx.generator_state = GENERATORS.get(cfg.generator).init(gen_file, device, train)
     return ctx
 
@@ -101,21 +96,31 @@ def _tensor(a: Optional[np.ndarray], device) -> Optional[torch.Tensor]:
     return None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
 
-def _check_compatible(train: FeatureSet, test: FeatureSet, splits: LabelSplits, splits_path) -> None:
-    if test.dim != train.dim:
-        raise InputError(test.path, f"feature dimension {test.dim} does not match {train.path} ({train.dim})")
-    for fs in (train, test):
-        if len(fs.labels) and fs.labels.max() >= splits.num_classes:
-            raise InputError(fs.path, f"label {fs.labels.max()} is outside the label space of {splits_path} "
-                                      f"({splits.num_classes} classes)")
+def input_digests(inputs: RunInputs) -> Dict[str, Any]:
+    """Fingerprints of the files every cell reads: features (content), label splits; shot files per experiment."""
+    return {"train_features": content_digest(inputs.train), "test_features": content_digest(inputs.test),
+            "splits": file_digest(inputs.splits_path)}
 
 
 def cell_identity(ctx: Context, head: str, params: Dict[str, Any], n: int, expid: int) -> Dict[str, Any]:
+    """What determines a cell's numbers: its coordinates, the head's options, and every input file's fingerprint."""
     cfg = ctx.cfg
     gen = ({"name": cfg.generator, "max_per_label": cfg.max_per_label, "key": getattr(ctx.generator_state, "key", None)}
            if cfg.generator else None)
+    inputs = {**ctx.digests, "shots": file_digest(shot_file(ctx, expid))}
     return {"representation": Path(cfg.run).name, "head": head, "head_params": params, "generator": gen,
-            "n": n, "expid": expid, "setup": cfg.setup, "seed": cfg.seed}
+            "n": n, "expid": expid, "setup": cfg.setup, "seed": cfg.seed, "inputs": inputs}
+
+
+def input_files(ctx: Context, expid: int) -> Dict[str, str]:
+    """The paths behind the fingerprints of `cell_identity` (stored beside them, for the report's messages)."""
+    return {"train_features": ctx.inputs.train.path, "test_features": ctx.inputs.test.path,
+            "splits": str(ctx.inputs.splits_path),
+            "shots": str(shot_file(ctx, expid))}
+
+
+def shot_file(ctx: Context, expid: int) -> Path:
+    return ctx.inputs.shots_dir / f"splitfile_{expid}.json"
 
 
 def cell_seed(seed: int, expid: int, n: int) -> int:
@@ -124,9 +129,9 @@ def cell_seed(seed: int, expid: int, n: int) -> int:
 
 def training_set(ctx: Context, n: int, expid: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """All base rows of the setup + the first n shots of each novel class (+ generated rows)."""
-    _, novel = ctx.splits.setup(ctx.cfg.setup)
-    idx = load_shots(ctx.shots_dir / f"splitfile_{expid}.json", ctx.train.labels, novel, n)
-    feats, labels = _tensor(ctx.train.feats[idx], ctx.device), _tensor(ctx.train.labels[idx], ctx.device)
+    train = ctx.inputs.train
+    idx = load_shots(shot_file(ctx, expid), train.labels, ctx.task.novel_classes, n)
+    feats, labels = _tensor(train.feats[idx], ctx.device), _tensor(train.labels[idx], ctx.device)
     if ctx.cfg.generator:
         plugin = GENERATORS.get(ctx.cfg.generator)
         feats, labels = plugin.generate(feats, labels, ctx.generator_state, ctx.cfg.max_per_label, seed)
@@ -147,14 +152,33 @@ def run_cell(ctx: Context, head_name: str, n: int, expid: int) -> Optional[Path]
     task = dataclasses.replace(ctx.task, seed=seed)
     head.fit(feats, labels, task)
     scores = head.scores(ctx.test_feats)
+    check_finite(scores, identity)
     metrics = cell_metrics(scores, ctx.test_labels, task.base_classes, task.novel_classes)
     write_result(path, {**identity, **metrics, "cell_seed": seed, "wall_time_s": time.perf_counter() - start,
-                        "num_train_rows": len(labels), "features": ctx.train.path, "versions": versions()})
+                        "num_train_rows": len(labels), "input_files": input_files(ctx, expid),
+                        "versions": versions()})
     return path
+
+
+def check_finite(scores: torch.Tensor, identity: Dict[str, Any]) -> None:
+    """A diverged fit (NaN or +inf scores) ends the cell with one error that says what to change.
+
+    −inf is allowed: heads give it to classes they never saw.
+    """
+    if not (torch.isnan(scores).any() or torch.isposinf(scores).any()):
+        return
+    head, params = identity["head"], identity["head_params"]
+    hint = (f"lower its learning rate, e.g. --set 'head_params={{\"{head}\": {{\"lr\": {params['lr'] / 10:g}}}}}'"
+            if isinstance(params.get("lr"), (int, float)) else "change its options (--set head_params=...)")
+    raise InputError(None, f"head {head!r} diverged in cell n={identity['n']} exp={identity['expid']} "
+                           f"setup {identity['setup']} (non-finite scores); no result written; {hint}")
 
 
 def benchmark(cfg: BenchmarkConfig) -> List[Path]:
     """Run every requested cell that has no result yet; returns the paths written."""
+    bad = [n for n in cfg.ns if n < 1]
+    if bad:
+        raise InputError(None, f"--n {bad[0]}: the number of shots must be a positive integer")
     if cfg.max_per_label and min(cfg.ns) > cfg.max_per_label:
         raise InputError(None, f"--max-per-label {cfg.max_per_label} is below every n {cfg.ns}: nothing to generate")
     for name in cfg.heads:

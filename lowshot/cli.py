@@ -174,16 +174,19 @@ def train_matching(run, force, config, sets, seed, device):
 @click.option("--expid", default=None, callback=_int_list,
               help="Experiment ids, comma-separated [default: $SLURM_ARRAY_TASK_ID or 1-5].")
 @click.option("--setup", type=click.Choice(["1", "2"]), default=None, help="1 = validation, 2 = test [default: 2].")
+@click.option("--test-features", default=None, help="Test feature file [default: <run>/features/test.hdf5, else val.hdf5].")
 @click.option("--solver", default=None, help="logreg solver: lbfgs (fast, default) | hg (H&G's SGD schedule).")
 @click.option("--generator", default=None, type=RegistryChoice("lowshot.generators", "GENERATORS"))
 @click.option("--max-per-label", type=int, default=None, help="Generate up to M examples per novel class.")
 @click.option("--force", is_flag=True, default=None, help="Recompute cells that have results.")
 @common
-def benchmark(run, heads, ns, expid, setup, solver, generator, max_per_label, force, config, sets, seed, device):
+def benchmark(run, heads, ns, expid, setup, test_features, solver, generator, max_per_label, force, config, sets, seed,
+              device):
     """Run the low-shot grid: one result JSON per (head, n, experiment) under <run>/results/."""
     from lowshot.benchmark import BenchmarkConfig, benchmark as benchmark_stage
     from lowshot.run import run_dir
     cfg = _resolve(BenchmarkConfig, config, sets, run=run and run_dir(run), heads=heads, ns=ns, expids=expid,
+                   test_features=test_features,
                    setup=setup and int(setup), generator=generator, max_per_label=max_per_label, force=force,
                    seed=seed, device=device)
     if solver:

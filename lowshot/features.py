@@ -1,8 +1,6 @@
 """Stage 2: cache the penultimate features of every train and test image in HDF5."""
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
@@ -15,6 +13,7 @@ from lowshot.config import pick_device
 from lowshot.checkpoints import load_checkpoint, model_from_config
 from lowshot.data import load_dataset, normalise_images
 from lowshot.io.features import FeatureSet, write_features
+from lowshot.io.fingerprint import file_digest
 
 
 @dataclass
@@ -36,14 +35,6 @@ def extract(model, images: np.ndarray, device, batch_size: int) -> np.ndarray:
         x = normalise_images(torch.from_numpy(images[start:start + batch_size]).to(device))
         out.append(model.trunk.forward_features(x).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.trunk.num_features), np.float32)
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
 
 
 def _is_current(path: Path, digest: str) -> bool:

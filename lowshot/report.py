@@ -60,6 +60,32 @@ def _check_unique(df: pd.DataFrame) -> None:
                                f"({', '.join(sorted(set(dup['head_params'])))}); report their folders separately")
 
 
+def check_same_inputs(results: Sequence[dict]) -> None:
+    """Refuse to average or pair results of one representation that were computed from different files.
+
+    All results of a representation must share its feature files and label splits, and all results
+    of one experiment its shot file; otherwise one error names the fingerprints, the files and an
+    example result of each side.
+    """
+    groups: Dict[tuple, Dict[str, List[dict]]] = {}
+    for r in results:
+        inputs = r.get("inputs") or {}
+        for what in ("train_features", "test_features", "splits", "shots"):
+            key = (r["representation"], what) + ((r["expid"],) if what == "shots" else ())
+            groups.setdefault(key, {}).setdefault(inputs.get(what, "unrecorded"), []).append(r)
+    for (rep, what, *exp), sides in groups.items():
+        if len(sides) > 1:
+            where = " and ".join(_describe_side(digest, rs, what) for digest, rs in sides.items())
+            raise InputError(None, f"results of representation {rep!r}{' exp ' + str(exp[0]) if exp else ''} come "
+                                   f"from different {what.replace('_', ' ')}: {where}; re-run `lowshot benchmark` "
+                                   "so every cell reads the same files, or move the stale results away")
+
+
+def _describe_side(digest: str, results: List[dict], what: str) -> str:
+    files = sorted({(r.get("input_files") or {}).get(what, "?") for r in results})
+    return f"{digest} ({', '.join(files)}; {len(results)} results, e.g. {Path(results[0]['_path']).name})"
+
+
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, 95 % half-width and N over experiments, per (representation, method, setup, n, metric)."""
     out = []
@@ -173,6 +199,7 @@ def plot(summ: pd.DataFrame, path: Path) -> None:
 def report(cfg: ReportConfig) -> str:
     """Write CSVs (+ plot) under `out_dir` and return the markdown tables."""
     results = [r for d in cfg.results for r in _read_dir(d)]
+    check_same_inputs(results)
     df = long_table(results)
     _check_unique(df)
     summ = summary(df)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -22,6 +21,7 @@ from lowshot.errors import InputError
 from lowshot.io.atomic import save_torch, write_json
 from lowshot.io.splits import LabelSplits, load_label_splits
 from lowshot.losses import AUX_LOSSES
+from lowshot.run import splits_path
 
 
 @dataclass
@@ -135,16 +135,12 @@ def evaluate(model: Model, images: torch.Tensor, labels: torch.Tensor, device, b
     return {"val_top1": hits1 / max(1, len(labels)), "val_top5": hits5 / max(1, len(labels))}
 
 
-def splits_path(cfg) -> str:
-    return cfg.splits or os.path.join("label_splits", f"{cfg.dataset}.json")
-
-
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the representation of `cfg.run`; returns the path of `last.pt`."""
     run = Path(cfg.run)
     ckpt_dir = run / "checkpoints"
     data = load_dataset(cfg.dataset, **cfg.dataset_args)
-    splits = load_label_splits(splits_path(cfg))
+    splits = load_label_splits(splits_path(cfg.dataset, cfg.splits))
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = model_from_config(dataclasses.asdict(cfg), data.num_classes, data.channels).to(device)

@@ -6,13 +6,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from synthetic_cli import error_line as _error_line, invoke
 
 from lowshot.cli import main
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_tiny_pipeline_end_to_end(tiny_project):
@@ -44,13 +40,6 @@ def test_report_flags_missing_cells(feature_project):
     next(Path("runs/synth/results").glob("*_n2_exp2_*.json")).unlink()
     out = invoke("report", "runs/synth/results", "--no-plot")
     assert "missing n=2 exp=2" in out.output
-
-
-def _error_line(result):
-    assert result.exit_code != 0
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 def test_missing_feature_file(feature_project):

@@ -17,6 +17,7 @@ import numpy as np
 from lowshot import __version__
 from lowshot.errors import InputError
 from lowshot.io.atomic import atomic_path
+from lowshot.io.fingerprint import array_digest
 
 FEATURE_NAMES = ("all_feats", "all_features")
 
@@ -32,6 +33,7 @@ class FeatureSet:
         classifier_weight: float32 (C, d) rows of the representation's classifier, if stored.
         classifier_scale: the cosine classifier's scale s, if stored.
         path: the file it was read from.
+        digest: fingerprint of the contents, filled by `content_digest`.
     """
 
     feats: np.ndarray
@@ -40,6 +42,7 @@ class FeatureSet:
     classifier_weight: Optional[np.ndarray] = None
     classifier_scale: Optional[float] = None
     path: Optional[str] = None
+    digest: Optional[str] = field(default=None, compare=False, repr=False)
 
     @property
     def dim(self) -> int:
@@ -71,6 +74,9 @@ def read_features(path: str | os.PathLike) -> FeatureSet:
             if name is None or "all_labels" not in f:
                 raise InputError(path, "not a feature file: needs `all_feats` (or `all_features`) and `all_labels`")
             count = int(f["count"][0]) if "count" in f else f[name].shape[0]
+            if not 0 <= count <= min(f[name].shape[0], f["all_labels"].shape[0]):
+                raise InputError(path, f"count = {count} but the file stores {f[name].shape[0]} feature rows "
+                                       f"and {f['all_labels'].shape[0]} labels")
             feats = f[name][:count].astype(np.float32, copy=False)
             labels = f["all_labels"][:count].astype(np.int64)
             weight = f["classifier_weight"][...] if "classifier_weight" in f else None
@@ -80,6 +86,16 @@ def read_features(path: str | os.PathLike) -> FeatureSet:
         raise InputError(path, f"cannot read HDF5 ({e.__class__.__name__}: {e})") from None
     _check_features(path, feats, labels, weight)
     return FeatureSet(feats, labels, attrs, weight, scale, str(path))
+
+
+def content_digest(fs: Optional[FeatureSet]) -> Optional[str]:
+    """Fingerprint of what a feature file holds: rows, labels and the stored classifier (memoised)."""
+    if fs is None:
+        return None
+    if fs.digest is None:
+        scale = None if fs.classifier_scale is None else np.array([fs.classifier_scale])
+        fs.digest = array_digest(fs.feats, fs.labels, fs.classifier_weight, scale)
+    return fs.digest
 
 
 def _check_features(path, feats: np.ndarray, labels: np.ndarray, weight) -> None:

@@ -10,12 +10,13 @@ from typing import Any, Dict, List
 from lowshot.io.atomic import write_json
 
 ACC_NAMES = ("top1_novel", "top5_novel", "top1_base", "top5_base", "top1_all", "top5_all")
-IDENTITY_KEYS = ("representation", "head", "head_params", "generator", "n", "expid", "setup", "seed")
+CELL_KEYS = ("representation", "head", "head_params", "generator", "n", "expid", "setup", "seed")
+IDENTITY_KEYS = CELL_KEYS + ("inputs",)  # inputs: fingerprints of the feature, split and shot files
 
 
 def cell_key(identity: Dict[str, Any]) -> str:
-    """Stable short hash of a cell's identity (used in file names and for skipping)."""
-    blob = json.dumps({k: identity[k] for k in IDENTITY_KEYS}, sort_keys=True, default=str)
+    """Stable short hash of a cell's coordinates (the file name): a result from changed inputs is replaced."""
+    blob = json.dumps({k: identity[k] for k in CELL_KEYS}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
@@ -27,7 +28,7 @@ def result_path(results_dir: str | os.PathLike, identity: Dict[str, Any]) -> Pat
 
 
 def has_result(path: Path, identity: Dict[str, Any]) -> bool:
-    """True when `path` holds a finished result of exactly this identity."""
+    """True when `path` holds a finished result of exactly this identity, inputs' fingerprints included."""
     if not path.exists():
         return False
     try:

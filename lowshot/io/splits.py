@@ -79,6 +79,8 @@ def load_label_splits(path: str | os.PathLike) -> LabelSplits:
         raise InputError(path, f"label split file lacks {', '.join(missing)}")
     splits = LabelSplits(list(obj["label_names"]), *(sorted(int(c) for c in obj[k]) for k in SPLIT_KEYS[1:]))
     _check_label_splits(path, splits)
+    if "base_classes" in obj and sorted(int(c) for c in obj["base_classes"]) != splits.base_classes:
+        raise InputError(path, "base_classes is not the union of base_classes_1 and base_classes_2")
     return splits
 
 
@@ -125,7 +127,12 @@ def load_shots(path: str | os.PathLike, train_labels: np.ndarray, classes: np.nd
     for c in classes:
         if len(rows[c]) < n:
             raise InputError(path, f"class {c} has {len(rows[c])} shots, fewer than n = {n}")
-    idx = np.array([rows[c][:n] for c in classes], np.int64).reshape(-1)
+    idx = np.array([rows[c][:n] for c in classes], np.int64)
+    repeated = [int(c) for c, row in zip(classes, idx) if len(np.unique(row)) < n]
+    if repeated:
+        raise InputError(path, f"class {repeated[0]} repeats an image among its first {n} shots "
+                               f"({len(repeated)} classes do): an n-shot set needs n distinct images")
+    idx = idx.reshape(-1)
     owner = np.repeat(np.asarray(classes, np.int64), n)
     bad = (idx < 0) | (idx >= len(train_labels))
     bad[~bad] = train_labels[idx[~bad]] != owner[~bad]

@@ -1,0 +1,35 @@
+"""Fingerprints of inputs: a result or cache is reused only when every input's fingerprint matches."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from lowshot.errors import InputError
+
+BLOCK = 1 << 20
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-1 of a file's bytes (first 12 hex digits), read in 1 MiB blocks; `InputError` if it is missing."""
+    if not os.path.isfile(path):
+        raise InputError(path, "file not found")
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def array_digest(*arrays) -> str:
+    """SHA-1 of the shapes, dtypes and bytes of the given arrays (None counts as absent), 12 hex digits."""
+    h = hashlib.sha1()
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a.reshape(-1)).cast("B"))
+    return h.hexdigest()[:12]
