@@ -9,7 +9,6 @@ shots are never looked at.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from lowshot.errors import InputError
 from lowshot.generators import register_generator
 from lowshot.generators._common import plan_new_rows
 from lowshot.io.splits import load_label_splits
+from lowshot.run import splits_path
 
 
 def within_class_variance(feats: np.ndarray, labels: np.ndarray, classes) -> float:
@@ -36,7 +36,7 @@ def _base_classes(path, train):
     if path is not None and str(path).endswith(".json") and os.path.exists(path):
         return load_label_splits(path).base_classes
     dataset = train.attrs.get("dataset")
-    default = Path("label_splits") / f"{dataset}.json"
+    default = splits_path(dataset)
     if not dataset or not default.exists():
         raise InputError(train.path, f"jitter needs the base classes: {default} not found; "
                                      "pass a label split file as the generator file")
