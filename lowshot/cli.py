@@ -7,8 +7,6 @@ Component choices (`--heads`, `--backbone`, ...) are read from the registries.
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import click
 
@@ -222,17 +220,34 @@ main.add_command(report, "parse")
 
 @main.command()
 @click.option("--run", required=True, help="Run folder (or name under runs/).")
-@click.option("--heads", default="logreg")
-@click.option("--out", default="benchmark.sbatch", type=click.Path(dir_okay=False))
-@click.option("--extra", default="", help="More `lowshot benchmark` options, verbatim.")
-def slurm(run, heads, out, extra):
-    """Write an sbatch script running the grid as a job array, one job per experiment id."""
+@click.option("--from-stage", default=None, help="train | features | generate | benchmark [default: train].")
+@click.option("--skip", default=None, help="Comma-separated stages left out: generate, train-matching, report.")
+@click.option("--heads", default=None, type=RegistryChoice("lowshot.heads", "HEADS", many=True), help="[default: logreg]")
+@click.option("--expid", default=None, callback=_int_list, help="Experiment ids of the array [default: 1-5].")
+@click.option("--array-by", default=None, help="One array task per experiment | experiment-head [default: experiment].")
+@click.option("--torchrun", type=int, default=None, help="Run train under torchrun with N processes.")
+@click.option("--args", "stage_args", multiple=True, metavar="STAGE=ARGS", help="More options of a stage's command.")
+@click.option("--partition", multiple=True, metavar="[STAGE=]VALUE", help="Per stage, or for all; also a JSON object.")
+@click.option("--account", multiple=True, metavar="[STAGE=]VALUE")
+@click.option("--gpus", multiple=True, metavar="[STAGE=]N")
+@click.option("--cpus", multiple=True, metavar="[STAGE=]N", help="CPUs per task.")
+@click.option("--mem", multiple=True, metavar="[STAGE=]SIZE", help="e.g. 16G.")
+@click.option("--time", multiple=True, metavar="[STAGE=]LIMIT", help="e.g. train=2-00:00:00 or 1:00:00.")
+@click.option("--submit", is_flag=True, default=None, help="Submit the jobs with sbatch, chained.")
+@click.option("--dry-run", is_flag=True, default=None, help="Print the scripts; write and submit nothing.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field.")
+@click.option("--config", type=click.Path(dir_okay=False), default=None, help="JSON config file.")
+def slurm(run, from_stage, skip, heads, expid, array_by, torchrun, stage_args, submit, dry_run, sets, config,
+          **resources):
+    """Write the pipeline as SLURM jobs chained by dependencies (into <run>/slurm/); --submit submits them.
+
+    train -> features -> generate, train-matching -> benchmark (job array) -> report. Every stage
+    skips finished work, so resubmitting after a failure or a scancel runs only what is missing.
+    """
     from lowshot.run import run_dir
-    from lowshot.io.atomic import atomic_path
-    script = "\n".join(["#!/bin/bash", "#SBATCH --job-name=lowshot", "#SBATCH --array=1-5", "#SBATCH --cpus-per-task=4",
-                        f"#SBATCH --output={run_dir(run)}/slurm-%A_%a.out",
-                        f"{sys.executable} -m lowshot benchmark --run {run_dir(run)} --heads {heads} {extra}".rstrip(), ""])
-    with atomic_path(out) as tmp:
-        tmp.write_text(script)
-    os.chmod(out, 0o755)
-    click.echo(f"wrote {out}: submit with `sbatch {out}` (each job reads $SLURM_ARRAY_TASK_ID)")
+    from lowshot.slurm import SlurmConfig, per_stage, slurm as slurm_stage
+    cfg = _resolve(SlurmConfig, config, sets, run=run_dir(run), from_stage=from_stage, skip=skip and skip.split(","),
+                   heads=heads, expids=expid, array_by=array_by, torchrun=torchrun,
+                   args=per_stage(stage_args, "args") or None, submit=submit, dry_run=dry_run,
+                   **{name: per_stage(values, name) or None for name, values in resources.items()})
+    click.echo("\n".join(slurm_stage(cfg)))

@@ -98,10 +98,3 @@ def test_unknown_head_lists_the_choices(feature_project):
 def test_every_command_has_help():
     for name in main.commands:
         assert invoke(name, "--help").exit_code == 0
-
-
-def test_slurm_writes_a_job_array(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert invoke("slurm", "--run", "demo", "--heads", "logreg,imprint", "--out", "grid.sbatch").exit_code == 0
-    script = Path("grid.sbatch").read_text()
-    assert "#SBATCH --array=1-5" in script and "benchmark --run runs/demo --heads logreg,imprint" in script

@@ -1,0 +1,232 @@
+"""The whole pipeline as SLURM jobs: one sbatch script per stage, chained with dependencies.
+
+    train ──► features ──► generate, train-matching ──► benchmark (job array) ──► report
+
+Each job runs `<this python> -m lowshot <stage> --run <run> ...`, so it uses the same virtual
+environment; `train` may run under torchrun. The benchmark is a job array with one task per
+experiment id (or per experiment × head). Jobs wait for their inputs with `afterok` (and are
+cancelled when an input job fails); `report` waits with `afterany`, so it also runs after an array
+task was cancelled or failed and lists the missing cells. Every stage skips finished work, so
+resubmitting the same pipeline after a failure or a `scancel` computes only what is missing.
+
+Scripts and their logs go to `<run>/slurm/` (scripts written atomically).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from lowshot.benchmark import EXPERIMENTS
+from lowshot.errors import InputError
+from lowshot.io.atomic import atomic_path
+from lowshot.run import RunFolder, test_features_path
+
+STAGES = ("train", "features", "generate", "train-matching", "benchmark", "report")
+START_STAGES = ("train", "features", "generate", "benchmark")
+SKIPPABLE = ("generate", "train-matching", "report")
+ARRAY_BY = ("experiment", "experiment-head")
+AFTER = {"train": (), "features": ("train",), "generate": ("features",), "train-matching": ("features",),
+         "benchmark": ("features", "generate", "train-matching"), "report": ("benchmark",)}
+
+TIME_LIMIT = re.compile(r"^(\d+(:[0-5]?\d){0,2}|\d+-([01]?\d|2[0-3])(:[0-5]?\d){0,2}|unlimited|infinite)$", re.I)
+RESOURCES: Dict[str, Tuple[str, str, re.Pattern]] = {  # name -> (sbatch flag, what a valid value is, its pattern)
+    "partition": ("--partition={}", "a partition name (or a comma-separated list)", re.compile(r"^[\w.,-]+$")),
+    "account": ("--account={}", "an account name", re.compile(r"^[\w.-]+$")),
+    "gpus": ("--gres=gpu:{}", "a number of GPUs", re.compile(r"^[1-9]\d*$")),
+    "cpus": ("--cpus-per-task={}", "a number of CPUs", re.compile(r"^[1-9]\d*$")),
+    "mem": ("--mem={}", "a memory size such as 16G or 4000M", re.compile(r"^\d+[KMGT]?$", re.I)),
+    "time": ("--time={}", "a SLURM time limit: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS", TIME_LIMIT),
+}
+
+
+@dataclass
+class SlurmConfig:
+    """The pipeline's jobs. Each resource maps a stage (or `all`) to a value, e.g. `time: {"train": "2-00:00:00"}`."""
+
+    run: str = "runs/demo"
+    from_stage: str = "train"  # one of START_STAGES: the run folder must hold what the earlier stages make
+    skip: List[str] = field(default_factory=list)  # among SKIPPABLE
+    heads: List[str] = field(default_factory=lambda: ["logreg"])
+    expids: List[int] = field(default_factory=lambda: list(EXPERIMENTS))
+    array_by: str = "experiment"  # one array task per experiment id, or per experiment × head
+    torchrun: int = 0  # > 0: run `train` under torchrun with this many processes on the job's node
+    args: Dict[str, str] = field(default_factory=dict)  # stage -> more options of its `lowshot` command, verbatim
+    partition: Dict[str, str] = field(default_factory=dict)
+    account: Dict[str, str] = field(default_factory=dict)
+    gpus: Dict[str, str] = field(default_factory=dict)
+    cpus: Dict[str, str] = field(default_factory=dict)
+    mem: Dict[str, str] = field(default_factory=dict)
+    time: Dict[str, str] = field(default_factory=dict)
+    job_name: str = "lowshot"
+    python: str = sys.executable
+    workdir: Optional[str] = None  # the jobs' working directory; default: the current one
+    submit: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class Job:
+    """One sbatch script: the stage it runs, its text, the stages it waits for and how."""
+
+    stage: str
+    path: Path
+    text: str
+    after: Tuple[str, ...]
+    dependency: str = "afterok"
+
+
+def per_stage(values: Sequence[str], option: str) -> Dict[str, str]:
+    """`--time` values as {stage or 'all': value}: `VALUE` (every stage), `STAGE=VALUE`, or a JSON object."""
+    out: Dict[str, str] = {}
+    for value in values:
+        if value.lstrip().startswith("{"):
+            try:
+                out.update({k: str(v) for k, v in json.loads(value).items()})
+            except (json.JSONDecodeError, AttributeError):
+                raise InputError(None, f"--{option} {value!r} is not a JSON object") from None
+            continue
+        stage, sep, rest = value.partition("=")
+        out.update({stage: rest} if sep else {"all": value})
+    return out
+
+
+def check_config(cfg: SlurmConfig) -> None:
+    """One clear error for anything SLURM or a stage would reject, before anything is written."""
+    _check_choice(cfg.from_stage, START_STAGES, "--from-stage")
+    for stage in cfg.skip:
+        _check_choice(stage, SKIPPABLE, "--skip")
+    _check_choice(cfg.array_by, ARRAY_BY, "--array-by")
+    if cfg.torchrun < 0:
+        raise InputError(None, f"--torchrun {cfg.torchrun}: a number of processes must be >= 0")
+    if not cfg.heads or not cfg.expids:
+        raise InputError(None, "the benchmark array needs at least one head and one experiment id")
+    for stage in cfg.args:
+        _check_choice(stage, STAGES, "--args stage")
+    for name, (_, what, pattern) in RESOURCES.items():
+        for stage, value in getattr(cfg, name).items():
+            _check_choice(stage, STAGES + ("all",), f"--{name} stage")
+            if not pattern.match(str(value)):
+                raise InputError(None, f"--{name} {stage}={value!r}: SLURM would reject it; expected {what}")
+
+
+def _check_choice(value: str, choices: Sequence[str], option: str) -> None:
+    if value not in choices:
+        raise InputError(None, f"{option} {value!r} is not one of {', '.join(choices)}")
+
+
+def planned_stages(cfg: SlurmConfig) -> List[str]:
+    """The stages submitted: from `from_stage` on (generate and train-matching count as one step), minus `skip`."""
+    first = STAGES.index(cfg.from_stage)
+    return [s for s in STAGES[first:] if s not in cfg.skip]
+
+
+def _needs(cfg: SlurmConfig) -> Dict[str, List[Tuple[str, Callable[[RunFolder], Path]]]]:
+    """stage -> [(stage that makes it, input path)] in the run folder's default layout."""
+    train_feats = ("features", lambda r: r.features / "train.hdf5")
+    matching = [("train-matching", lambda r: r.matching_model)] if "matching" in cfg.heads else []
+    return {"features": [("train", lambda r: r.last_checkpoint)], "generate": [train_feats],
+            "train-matching": [train_feats],
+            "benchmark": [train_feats, ("features", lambda r: test_features_path(r.features))] + matching}
+
+
+def check_inputs(cfg: SlurmConfig, stages: Sequence[str]) -> None:
+    """Every input of a planned stage exists, or a planned stage makes it."""
+    run = RunFolder(Path(cfg.workdir or ".") / cfg.run)
+    for stage in stages:
+        for maker, where in _needs(cfg).get(stage, []):
+            path = where(run)
+            if maker not in stages and not path.exists():
+                raise InputError(path, f"does not exist, and `{stage}` needs it: start at an earlier stage "
+                                       f"(`{maker}` makes it) or run `lowshot {maker}` first")
+
+
+def command(cfg: SlurmConfig, stage: str) -> str:
+    """The shell command of one stage's job (the benchmark's reads its task's heads and experiment)."""
+    py, run = shlex.quote(cfg.python), shlex.quote(cfg.run)
+    if stage == "train" and cfg.torchrun:
+        line = f"{py} -m torch.distributed.run --standalone --nproc-per-node {cfg.torchrun} -m lowshot train --run {run}"
+    elif stage == "benchmark":
+        line = (f'{py} -m lowshot benchmark --run {run} --heads "${{HEADS[$SLURM_ARRAY_TASK_ID]}}" '
+                f'--expid "${{EXPIDS[$SLURM_ARRAY_TASK_ID]}}"')
+    elif stage == "report":
+        line = f"{py} -m lowshot report {shlex.quote(os.path.join(cfg.run, 'results'))}"
+    else:
+        line = f"{py} -m lowshot {stage} --run {run}"
+    return f"{line} {cfg.args.get(stage, '')}".rstrip()
+
+
+def array_cells(cfg: SlurmConfig) -> List[Tuple[str, int]]:
+    """(heads, experiment id) of each benchmark array task, task id = position."""
+    if cfg.array_by == "experiment":
+        return [(",".join(cfg.heads), e) for e in cfg.expids]
+    return [(h, e) for h in cfg.heads for e in cfg.expids]
+
+
+def script(cfg: SlurmConfig, stage: str, log_dir: Path) -> str:
+    """The sbatch script of one stage: directives, then `exec` of the stage's command."""
+    is_array = stage == "benchmark"
+    log = log_dir / (f"{stage}-%A_%a.out" if is_array else f"{stage}-%j.out")
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={cfg.job_name}-{stage}",
+             f"#SBATCH --chdir={os.path.abspath(cfg.workdir or '.')}", f"#SBATCH --output={log}"]
+    for name, (flag, _, _) in RESOURCES.items():
+        value = getattr(cfg, name).get(stage, getattr(cfg, name).get("all"))
+        if value:
+            lines.append("#SBATCH " + flag.format(value))
+    if is_array:
+        cells = array_cells(cfg)
+        lines += [f"#SBATCH --array=0-{len(cells) - 1}",
+                  "HEADS=(" + " ".join(shlex.quote(h) for h, _ in cells) + ")",
+                  "EXPIDS=(" + " ".join(str(e) for _, e in cells) + ")"]
+    return "\n".join(lines + ["set -euo pipefail", "exec " + command(cfg, stage), ""])
+
+
+def build_jobs(cfg: SlurmConfig) -> List[Job]:
+    """The jobs of the planned stages, in submission order, each waiting for its planned inputs."""
+    stages = planned_stages(cfg)
+    folder = Path(cfg.workdir or ".") / cfg.run / "slurm"
+    log_dir = Path(os.path.abspath(folder / "logs"))
+    return [Job(s, folder / f"{s}.sbatch", script(cfg, s, log_dir), tuple(a for a in AFTER[s] if a in stages),
+                "afterany" if s == "report" else "afterok") for s in stages]
+
+
+def submit_jobs(jobs: Sequence[Job]) -> Dict[str, str]:
+    """`sbatch --parsable` each script in order, chained by dependencies; returns stage -> job id."""
+    ids: Dict[str, str] = {}
+    for job in jobs:
+        deps = [ids[a] for a in job.after]
+        cmd = ["sbatch", "--parsable"] + ([f"--dependency={job.dependency}:{':'.join(deps)}",
+                                           "--kill-on-invalid-dep=yes"] if deps else []) + [str(job.path)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            submitted = ", ".join(f"{s} = job {i}" for s, i in ids.items()) or "nothing"
+            raise InputError(job.path, f"sbatch failed ({done.stderr.strip()}); submitted before it: {submitted}")
+        ids[job.stage] = done.stdout.strip().split(";")[0]
+    return ids
+
+
+def slurm(cfg: SlurmConfig) -> List[str]:
+    """Check, then print (`dry_run`), write, or write and submit the pipeline's jobs; returns lines to show."""
+    check_config(cfg)
+    jobs = build_jobs(cfg)
+    check_inputs(cfg, [j.stage for j in jobs])
+    if cfg.submit and not cfg.dry_run and shutil.which("sbatch") is None:
+        raise InputError(None, "--submit: `sbatch` is not on the PATH (run on a SLURM login node, or drop --submit)")
+    if cfg.dry_run:
+        return [f"# {j.path} ({j.dependency}: {', '.join(j.after) or 'nothing'})\n{j.text}" for j in jobs]
+    for job in jobs:
+        job.path.parent.joinpath("logs").mkdir(parents=True, exist_ok=True)
+        with atomic_path(job.path) as tmp:
+            tmp.write_text(job.text)
+    if not cfg.submit:
+        return [f"wrote {j.path}" for j in jobs] + ["submit them, chained, with the same command and --submit"]
+    ids = submit_jobs(jobs)
+    return [f"{j.stage}: job {ids[j.stage]}" + (f" ({j.dependency}: {', '.join(ids[a] for a in j.after)})"
+                                                 if j.after else "") for j in jobs]
