@@ -22,7 +22,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from lowshot.benchmark import EXPERIMENTS
 from lowshot.errors import InputError
@@ -128,21 +128,19 @@ def planned_stages(cfg: SlurmConfig) -> List[str]:
     return [s for s in STAGES[first:] if s not in cfg.skip]
 
 
-def _needs(cfg: SlurmConfig) -> Dict[str, List[Tuple[str, Callable[[RunFolder], Path]]]]:
-    """stage -> [(stage that makes it, input path)] in the run folder's default layout."""
-    train_feats = ("features", lambda r: r.features / "train.hdf5")
-    matching = [("train-matching", lambda r: r.matching_model)] if "matching" in cfg.heads else []
-    return {"features": [("train", lambda r: r.last_checkpoint)], "generate": [train_feats],
-            "train-matching": [train_feats],
-            "benchmark": [train_feats, ("features", lambda r: test_features_path(r.features))] + matching}
+def _needs(cfg: SlurmConfig, run: RunFolder) -> Dict[str, List[Tuple[str, Path]]]:
+    """stage -> [(the stage that makes it, input path)], in the run folder's default layout."""
+    train_feats = ("features", run.features / "train.hdf5")
+    matching = [("train-matching", run.matching_model)] if "matching" in cfg.heads else []
+    return {"features": [("train", run.last_checkpoint)], "generate": [train_feats], "train-matching": [train_feats],
+            "benchmark": [train_feats, ("features", test_features_path(run.features))] + matching}
 
 
 def check_inputs(cfg: SlurmConfig, stages: Sequence[str]) -> None:
     """Every input of a planned stage exists, or a planned stage makes it."""
-    run = RunFolder(Path(cfg.workdir or ".") / cfg.run)
+    needs = _needs(cfg, RunFolder(Path(cfg.workdir or ".") / cfg.run))
     for stage in stages:
-        for maker, where in _needs(cfg).get(stage, []):
-            path = where(run)
+        for maker, path in needs.get(stage, []):
             if maker not in stages and not path.exists():
                 raise InputError(path, f"does not exist, and `{stage}` needs it: start at an earlier stage "
                                        f"(`{maker}` makes it) or run `lowshot {maker}` first")
@@ -157,7 +155,7 @@ def command(cfg: SlurmConfig, stage: str) -> str:
         line = (f'{py} -m lowshot benchmark --run {run} --heads "${{HEADS[$SLURM_ARRAY_TASK_ID]}}" '
                 f'--expid "${{EXPIDS[$SLURM_ARRAY_TASK_ID]}}"')
     elif stage == "report":
-        line = f"{py} -m lowshot report {shlex.quote(os.path.join(cfg.run, 'results'))}"
+        line = f"{py} -m lowshot report {shlex.quote(str(RunFolder(Path(cfg.run)).results))}"
     else:
         line = f"{py} -m lowshot {stage} --run {run}"
     return f"{line} {cfg.args.get(stage, '')}".rstrip()
