@@ -1,8 +1,8 @@
 """Representation checkpoints: saved by `train`, read by `features` (and any later stage).
 
 A checkpoint is `torch.save` of plain tensors and dicts: model state, optimiser and scheduler
-state, epoch, RNG state, the training configuration and package versions. It is always read
-with `weights_only=True`, so loading never executes code from the file.
+state, the fp16 loss scaler's state, epoch, RNG state, the training configuration and package
+versions. It is always read with `weights_only=True`, so loading never executes code from the file.
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from lowshot.errors import InputError
 from lowshot.io.atomic import save_torch
 
 
-def save_checkpoint(path: Path, model, opt, sched, epoch: int, config: Dict[str, Any]) -> None:
-    """Everything needed to resume exactly: weights, optimiser, scheduler, epoch, RNG, config."""
+def save_checkpoint(path: Path, model, opt, sched, epoch: int, config: Dict[str, Any], scaler=None) -> None:
+    """Everything needed to resume exactly: weights, optimiser, scheduler, fp16 loss scaler, epoch, RNG, config."""
     save_torch(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                      "scaler": scaler.state_dict() if scaler is not None else {},
                       "epoch": epoch, "rng": {"torch": torch.get_rng_state()},
                       "config": config, "versions": versions()})
 

@@ -68,6 +68,17 @@ def _overrides(sets) -> dict:
     return out
 
 
+def _json_object(ctx, param, value):
+    """A JSON object option as a dict."""
+    try:
+        obj = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise click.BadParameter("must be a JSON object, e.g. '{\"root\": \"data/cub\"}'")
+    return obj
+
+
 def _int_list(ctx, param, value):
     """'1,2,5' -> [1, 2, 5]; None stays None (the config's value or default applies)."""
     if value is None:
@@ -99,13 +110,14 @@ def main():
 
 @main.command()
 @click.option("--dataset", default="glyphs", type=RegistryChoice("lowshot.data", "DATASETS"))
-@click.option("--dataset-args", default="{}", help="JSON keyword arguments of the data set loader.")
+@click.option("--root", default=None, help="Folder of an on-disk data set (imagenet, folder, cub, cifar100).")
+@click.option("--dataset-args", default="{}", callback=_json_object, help="JSON keyword arguments of the data set loader.")
 @click.option("--seed", type=int, default=0)
 @click.option("--force", is_flag=True, help="Rewrite split and shot files that exist.")
-def data(dataset, dataset_args, seed, force):
+def data(dataset, root, dataset_args, seed, force):
     """Make a data set available; write label_splits/<name>.json and experiment_cfgs/<name>/splitfile_{1..5}.json."""
     from lowshot.data.prepare import prepare_data
-    for path in prepare_data(dataset, json.loads(dataset_args), seed, force=force):
+    for path in prepare_data(dataset, {**dataset_args, **({"root": root} if root else {})}, seed, force=force):
         click.echo(f"wrote {path}")
 
 
@@ -116,13 +128,20 @@ def data(dataset, dataset_args, seed, force):
 @click.option("--aux-loss", default=None, type=RegistryChoice("lowshot.losses", "AUX_LOSSES"))
 @click.option("--aux-weight", type=float, default=None)
 @click.option("--epochs", type=int, default=None)
+@click.option("--dataset", default=None, type=RegistryChoice("lowshot.data", "DATASETS"))
+@click.option("--root", default=None, help="Folder of an on-disk data set (sets dataset_args.root).")
+@click.option("--workers", type=int, default=None, help="Decoding processes per training process [default: auto].")
+@click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default=None, help="Mixed precision [default: off].")
 @common
-def train(run, backbone, classifier, aux_loss, aux_weight, epochs, config, sets, seed, device):
-    """Train a representation on the base classes (resumes from <run>/checkpoints/last.pt)."""
+def train(run, backbone, classifier, aux_loss, aux_weight, epochs, dataset, root, workers, amp, config, sets, seed,
+          device):
+    """Train a representation on the base classes (resumes from <run>/checkpoints/last.pt); torchrun for several GPUs."""
     from lowshot.run import run_dir
     from lowshot.train import TrainConfig, train as train_stage
     cfg = _resolve(TrainConfig, config, sets, run=run and run_dir(run), backbone=backbone, classifier=classifier,
-                   aux_loss=aux_loss, aux_weight=aux_weight, epochs=epochs, seed=seed, device=device)
+                   aux_loss=aux_loss, aux_weight=aux_weight, epochs=epochs, dataset=dataset, workers=workers, amp=amp,
+                   seed=seed, device=device)
+    cfg.dataset_args = {**cfg.dataset_args, **({"root": root} if root else {})}
     click.echo(f"checkpoint: {train_stage(cfg)}")
 
 
@@ -130,13 +149,15 @@ def train(run, backbone, classifier, aux_loss, aux_weight, epochs, config, sets,
 @click.option("--run", default=None, help="Run folder (or name under runs/).")
 @click.option("--checkpoint", default=None, help="[default: <run>/checkpoints/last.pt]")
 @click.option("--force", is_flag=True, default=None)
+@click.option("--workers", type=int, default=None, help="Decoding processes per extraction process [default: auto].")
+@click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default=None, help="Mixed precision [default: off].")
 @common
-def features(run, checkpoint, force, config, sets, seed, device):
-    """Cache penultimate features of every train and test image in <run>/features/{train,test}.hdf5."""
+def features(run, checkpoint, force, workers, amp, config, sets, seed, device):
+    """Cache penultimate features of every train and test image in <run>/features/{train,test}.hdf5 (torchrun: sharded)."""
     from lowshot.run import run_dir
     from lowshot.features import FeaturesConfig, features as features_stage
     cfg = _resolve(FeaturesConfig, config, sets, run=run and run_dir(run), checkpoint=checkpoint, force=force,
-                   device=device)
+                   workers=workers, amp=amp, device=device)
     features_stage(cfg)
 
 

@@ -1,4 +1,9 @@
-"""Stage 2: cache the penultimate features of every train and test image in HDF5."""
+"""Stage 2: cache the penultimate features of every train and test image in HDF5.
+
+Under `torchrun` the rows are cut into the batches one process would form, each process extracts
+a contiguous run of batches, and rank 0 joins the runs in row order and writes each file
+(atomically): the file equals the single-process one.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,11 +14,13 @@ import h5py
 import numpy as np
 import torch
 
-from lowshot.config import pick_device
+from lowshot import distributed
 from lowshot.checkpoints import load_checkpoint, model_from_config
-from lowshot.data import load_dataset, normalise_images
+from lowshot.data import load_dataset
+from lowshot.data.feeds import FeedOptions, make_feed
 from lowshot.io.features import FeatureSet, write_features
 from lowshot.io.fingerprint import file_digest
+from lowshot.precision import autocast
 
 
 @dataclass
@@ -22,19 +29,37 @@ class FeaturesConfig:
     checkpoint: Optional[str] = None  # default: <run>/checkpoints/last.pt
     out_dir: Optional[str] = None  # default: <run>/features
     batch_size: int = 512
+    workers: int = -1  # decoding processes per extraction process (-1: one per spare core, at most 8)
+    amp: str = "off"  # off | bf16 | fp16 (features are stored as float32 either way)
     device: str = "auto"
     force: bool = False
 
 
 @torch.no_grad()
-def extract(model, images: np.ndarray, device, batch_size: int) -> np.ndarray:
-    """Pooled features (N, d) float32 of uint8 images (N, C, H, W), in eval mode, in row order."""
+def extract(model, feed, rows: np.ndarray, batch_size: int, device: torch.device, amp: str = "off") -> np.ndarray:
+    """Pooled features (len(rows), d) float32 of the feed's `rows`, in eval mode, in row order."""
     model.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        x = normalise_images(torch.from_numpy(images[start:start + batch_size]).to(device))
-        out.append(model.trunk.forward_features(x).float().cpu())
+    for x, _ in feed.batches(rows, batch_size):
+        with autocast(device, amp):
+            out.append(model.trunk.forward_features(x).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.trunk.num_features), np.float32)
+
+
+def gather_rows(feats: np.ndarray, ctx: distributed.Dist, folder: Path, split: str) -> Optional[np.ndarray]:
+    """Every process's rows joined in rank order on rank 0 (None elsewhere), through files in `folder`."""
+    if ctx.world == 1:
+        return feats
+    part = lambda r: folder / f".{split}.rank{r}.npy"  # noqa: E731
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(part(ctx.rank), feats, allow_pickle=False)
+    distributed.barrier(ctx)
+    if not ctx.main:
+        return None
+    joined = np.concatenate([np.load(part(r), allow_pickle=False) for r in range(ctx.world)])
+    for r in range(ctx.world):
+        part(r).unlink()
+    return joined
 
 
 def _is_current(path: Path, digest: str) -> bool:
@@ -45,6 +70,14 @@ def _is_current(path: Path, digest: str) -> bool:
             return f.attrs.get("checkpoint_sha1") == digest
     except OSError:
         return False
+
+
+def _load_model(ckpt, data, device: torch.device):
+    """The checkpoint's model on `device` (channels_last if it was trained so)."""
+    model = model_from_config(ckpt["config"], data.num_classes, data.channels)
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    return model.to(memory_format=torch.channels_last) if ckpt["config"].get("channels_last") else model
 
 
 def features(cfg: FeaturesConfig) -> Dict[str, Path]:
@@ -58,19 +91,24 @@ def features(cfg: FeaturesConfig) -> Dict[str, Path]:
         print(f"features in {out} are up to date with {ckpt_path}")
         return paths
     tcfg = ckpt["config"]
+    ctx, device = distributed.setup(cfg.device)
     data = load_dataset(tcfg["dataset"], **tcfg["dataset_args"])
-    device = pick_device(cfg.device)
-    model = model_from_config(tcfg, data.num_classes, data.channels)
-    model.load_state_dict(ckpt["model"])
-    model.to(device)
+    model = _load_model(ckpt, data, device)
+    opts = FeedOptions(device, ctx, cfg.workers, tcfg.get("channels_last", False), False, tcfg.get("transforms"),
+                       tcfg.get("image_size"), tcfg["seed"])
     clf = model.classifier
     weight = clf.weight.detach().cpu().numpy()
     scale = float(clf.scale.detach()) if clf.scale is not None else None
     for split, path in paths.items():
-        images, labels = (data.train_images, data.train_labels) if split == "train" else (data.test_images, data.test_labels)
-        attrs = {"dataset": tcfg["dataset"], "split": split, "checkpoint": str(ckpt_path), "checkpoint_sha1": digest,
-                 "model": tcfg["backbone"], "classifier": tcfg["classifier"], "seed": tcfg["seed"],
-                 "epoch": int(ckpt["epoch"])}
-        write_features(path, FeatureSet(extract(model, images, device, cfg.batch_size), labels, attrs, weight, scale))
-        print(f"wrote {path} ({len(labels)} rows)")
+        feed = make_feed(data, split, None, opts)
+        rows = distributed.shard(len(feed), cfg.batch_size, ctx)
+        feats = gather_rows(extract(model, feed, rows, cfg.batch_size, device, cfg.amp), ctx, out, split)
+        if ctx.main:
+            labels = data.train_labels if split == "train" else data.test_labels
+            attrs = {"dataset": tcfg["dataset"], "split": split, "checkpoint": str(ckpt_path),
+                     "checkpoint_sha1": digest, "model": tcfg["backbone"], "classifier": tcfg["classifier"],
+                     "seed": tcfg["seed"], "epoch": int(ckpt["epoch"])}
+            write_features(path, FeatureSet(feats, labels, attrs, weight, scale))
+            print(f"wrote {path} ({len(labels)} rows)")
+    distributed.barrier(ctx)
     return paths

@@ -1,9 +1,16 @@
-"""Stage 1: train a representation on the base classes (H&G `main.py`, made resumable)."""
+"""Stage 1: train a representation on the base classes (H&G `main.py`, made resumable).
+
+Data come from memory (glyphs, CIFAR-100: batched augmentation on the device) or stream from disk
+(ImageNet, folders, CUB: DataLoader workers, `torchvision.transforms.v2`). Under `torchrun` the
+model is wrapped in DistributedDataParallel, metrics are summed over processes and rank 0 alone
+writes checkpoints and logs; a run resumes exactly from `last.pt` with any number of workers.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -13,15 +20,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lowshot import distributed
 from lowshot.backbones import Model
 from lowshot.checkpoints import load_checkpoint, model_from_config, save_checkpoint
-from lowshot.config import pick_device
-from lowshot.data import ImageDataset, load_dataset, normalise_images
+from lowshot.data import load_dataset
+from lowshot.data.feeds import FeedOptions, make_feed, timed
 from lowshot.errors import InputError
-from lowshot.io.atomic import save_torch, write_json
-from lowshot.io.splits import LabelSplits, load_label_splits
+from lowshot.io.atomic import write_json
+from lowshot.io.splits import load_label_splits
 from lowshot.losses import AUX_LOSSES
-from lowshot.run import splits_path
+from lowshot.precision import autocast, grad_scaler
+from lowshot.run import RunFolder, splits_path
+
+# settings that change speed only: a run may resume with other values
+SPEED_ONLY = ("epochs", "device", "save_every", "workers", "compile")
 
 
 @dataclass
@@ -48,6 +60,12 @@ class TrainConfig:
     warmup_epochs: int = 0
     warmup_lr: float = 0.01
     augment: bool = True
+    transforms: Optional[str] = None  # on-disk data: augmentation preset (default: the data set's)
+    image_size: Optional[int] = None  # on-disk data: side of the crops (default: the preset's, 224 for hg)
+    workers: int = -1  # decoding processes per training process (-1: one per spare core, at most 8)
+    amp: str = "off"  # off | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
     save_every: int = 10
     seed: int = 0
     device: str = "auto"
@@ -66,25 +84,6 @@ def _lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     raise InputError(None, f"unknown schedule {cfg.schedule!r}; choose one of: step, cosine")
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random translation (±1/8 of the side) and scale (±10 %), per image, one batched resample."""
-    b = len(x)
-    scale = 1 + 0.1 * (2 * torch.rand(b, generator=gen) - 1)
-    shift = 0.25 * (2 * torch.rand(b, 2, generator=gen) - 1)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = scale
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-
-
-def base_class_data(data: ImageDataset, splits: LabelSplits, part: str):
-    """Images and labels of the base classes in the `train` or `test` part."""
-    images, labels = (data.train_images, data.train_labels) if part == "train" else (data.test_images, data.test_labels)
-    keep = np.isin(labels, splits.base_classes)
-    return torch.from_numpy(images[keep]), torch.from_numpy(labels[keep])
-
-
 def build_optimizer(model: Model, cfg: TrainConfig) -> torch.optim.SGD:
     """SGD; weight decay on everything but the cosine classifier's scale."""
     scale = [p for n, p in model.named_parameters() if n == "classifier.scale"]
@@ -94,83 +93,118 @@ def build_optimizer(model: Model, cfg: TrainConfig) -> torch.optim.SGD:
                            weight_decay=cfg.weight_decay)
 
 
-def train_one_epoch(model, opt, sched, cfg: TrainConfig, epoch: int, images, labels, device) -> Dict[str, float]:
-    """One pass over the base training images in a seeded order; returns mean losses."""
+def train_one_epoch(model, opt, sched, cfg: TrainConfig, epoch: int, feed, scaler, ctx: distributed.Dist,
+                    device: torch.device) -> Dict[str, float]:
+    """One pass over the base training images in a seeded order; returns mean losses and speed.
+
+    Returns:
+        loss and aux (means over images, all processes), images_per_s (all processes) and
+        data_wait_s (seconds this process waited for batches).
+    """
     model.train()
-    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    order = torch.randperm(len(labels), generator=gen)
     aux_fn = AUX_LOSSES.get(cfg.aux_loss)
-    totals = {"loss": 0.0, "aux": 0.0}
-    batches = range(0, len(order), cfg.batch_size)
-    for start in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=None):
-        idx = order[start:start + cfg.batch_size]
-        x = normalise_images(images[idx].to(device))
-        x = augment(x, gen) if cfg.augment else x
-        y = labels[idx].to(device)
-        scores, feats = model(x)
-        aux = aux_fn(scores, feats, y)
-        loss = F.cross_entropy(scores, y) + cfg.aux_weight * aux
+    sums, wait, t0 = [0.0, 0.0, 0.0], [0.0], time.perf_counter()
+    batches = timed(feed.train_batches(epoch, cfg.batch_size), wait)
+    for x, y in tqdm(batches, total=feed.steps(cfg.batch_size), desc=f"epoch {epoch}", leave=False,
+                     disable=None if ctx.main else True):
+        with autocast(device, cfg.amp):
+            scores, feats = model(x)
+            aux = aux_fn(scores, feats, y)
+            loss = F.cross_entropy(scores, y) + cfg.aux_weight * aux
         if not torch.isfinite(loss):
             raise InputError(cfg.run, f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
-        totals["loss"] += loss.item() * len(idx)
-        totals["aux"] += aux.item() * len(idx)
-    return {k: v / len(order) for k, v in totals.items()}
+        sums[0] += loss.item() * len(y)
+        sums[1] += aux.item() * len(y)
+        sums[2] += len(y)
+    loss_sum, aux_sum, n = distributed.all_sum(sums, ctx, device)
+    seconds = time.perf_counter() - t0
+    return {"loss": loss_sum / n, "aux": aux_sum / n, "images_per_s": n / seconds, "data_wait_s": wait[0]}
 
 
 @torch.no_grad()
-def evaluate(model: Model, images: torch.Tensor, labels: torch.Tensor, device, batch_size: int = 512) -> Dict[str, float]:
-    """Top-1/top-5 accuracy (fractions) over all classes on the given images."""
+def evaluate(model: Model, feed, cfg: TrainConfig, ctx: distributed.Dist, device,
+             batch_size: int = 512) -> Dict[str, float]:
+    """Top-1/top-5 accuracy (fractions) over all classes on the feed's images, summed over processes."""
     model.eval()
+    distributed.broadcast_buffers(model, ctx)
     hits1 = hits5 = 0
-    for start in range(0, len(labels), batch_size):
-        scores, _ = model(normalise_images(images[start:start + batch_size].to(device)))
+    for x, y in feed.batches(np.arange(ctx.rank, len(feed), ctx.world), batch_size):
+        with autocast(device, cfg.amp):
+            scores, _ = model(x)
         top5 = scores.topk(5, dim=1).indices.cpu()
-        y = labels[start:start + batch_size, None]
-        hits1 += (top5[:, :1] == y).sum().item()
-        hits5 += (top5 == y).any(1).sum().item()
-    return {"val_top1": hits1 / max(1, len(labels)), "val_top5": hits5 / max(1, len(labels))}
+        hits1 += (top5[:, :1] == y[:, None]).sum().item()
+        hits5 += (top5 == y[:, None]).any(1).sum().item()
+    hits1, hits5 = distributed.all_sum([hits1, hits5], ctx, device)
+    return {"val_top1": hits1 / max(1, len(feed)), "val_top5": hits5 / max(1, len(feed))}
+
+
+def build_feeds(cfg: TrainConfig, ctx: distributed.Dist, device: torch.device):
+    """(data set, label splits, train feed, validation feed) of the base classes."""
+    data = load_dataset(cfg.dataset, **cfg.dataset_args)
+    splits = load_label_splits(splits_path(cfg.dataset, cfg.splits))
+    opts = FeedOptions(device, ctx, cfg.workers, cfg.channels_last, cfg.augment, cfg.transforms, cfg.image_size, cfg.seed)
+    base = np.asarray(splits.base_classes, np.int64)
+    train = make_feed(data, "train", np.isin(data.train_labels, base), opts)
+    val = make_feed(data, "test", np.isin(data.test_labels, base), opts)
+    return data, splits, train, val
 
 
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the representation of `cfg.run`; returns the path of `last.pt`."""
-    run = Path(cfg.run)
-    ckpt_dir = run / "checkpoints"
-    data = load_dataset(cfg.dataset, **cfg.dataset_args)
-    splits = load_label_splits(splits_path(cfg.dataset, cfg.splits))
-    device = pick_device(cfg.device)
+    run = RunFolder(Path(cfg.run))
+    ctx, device = distributed.setup(cfg.device)
+    data, splits, feed, val = build_feeds(cfg, ctx, device)
     torch.manual_seed(cfg.seed)
     model = model_from_config(dataclasses.asdict(cfg), data.num_classes, data.channels).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
-    train_x, train_y = base_class_data(data, splits, "train")
-    steps = math.ceil(len(train_y) / cfg.batch_size)
+    steps = feed.steps(cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s, steps))
-    start = _resume(ckpt_dir / "last.pt", model, opt, sched, cfg)
-    val_x, val_y = base_class_data(data, splits, "test")
-    write_json(run / "train_config.json", dataclasses.asdict(cfg))
+    scaler = grad_scaler(device, cfg.amp)
+    start = _resume(run.last_checkpoint, model, opt, sched, scaler, cfg)
+    net = distributed.wrap(model, ctx, device)
+    net = torch.compile(net) if cfg.compile else net
+    if ctx.main:
+        write_json(run.root / "train_config.json", dataclasses.asdict(cfg))
     for epoch in range(start, cfg.epochs):
-        stats = train_one_epoch(model, opt, sched, cfg, epoch, train_x, train_y, device)
-        stats.update(evaluate(model, val_x, val_y, device), epoch=epoch, lr=opt.param_groups[0]["lr"])
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}), flush=True)
-        with open(run / "train_log.jsonl", "a") as log:
-            log.write(json.dumps(stats) + "\n")
-        if epoch % cfg.save_every == 0 or epoch == cfg.epochs - 1:
-            save_checkpoint(ckpt_dir / f"{epoch}.pt", model, opt, sched, epoch, dataclasses.asdict(cfg))
-        save_checkpoint(ckpt_dir / "last.pt", model, opt, sched, epoch, dataclasses.asdict(cfg))
-    if cfg.epochs == 0:  # an untrained network: the random-initialisation baseline
-        save_checkpoint(ckpt_dir / "last.pt", model, opt, sched, -1, dataclasses.asdict(cfg))
-    return ckpt_dir / "last.pt"
+        stats = train_one_epoch(net, opt, sched, cfg, epoch, feed, scaler, ctx, device)
+        stats.update(evaluate(model, val, cfg, ctx, device), epoch=epoch, lr=opt.param_groups[0]["lr"])
+        if ctx.main:
+            _log(run, stats)
+            _save(run, model, opt, sched, scaler, epoch, cfg)
+    if cfg.epochs == 0 and ctx.main:  # an untrained network: the random-initialisation baseline
+        save_checkpoint(run.last_checkpoint, model, opt, sched, -1, dataclasses.asdict(cfg), scaler)
+    distributed.barrier(ctx)
+    return run.last_checkpoint
 
 
-def _resume(path: Path, model, opt, sched, cfg: TrainConfig) -> int:
+def _log(run: RunFolder, stats: Dict[str, float]) -> None:
+    """Print one JSON line per epoch and append it to `<run>/train_log.jsonl`."""
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in stats.items()}), flush=True)
+    with open(run.root / "train_log.jsonl", "a") as log:
+        log.write(json.dumps(stats) + "\n")
+
+
+def _save(run: RunFolder, model, opt, sched, scaler, epoch: int, cfg: TrainConfig) -> None:
+    """`<epoch>.pt` every `save_every` epochs and at the end; `last.pt` after every epoch."""
+    config = dataclasses.asdict(cfg)
+    if epoch % cfg.save_every == 0 or epoch == cfg.epochs - 1:
+        save_checkpoint(run.checkpoints / f"{epoch}.pt", model, opt, sched, epoch, config, scaler)
+    save_checkpoint(run.last_checkpoint, model, opt, sched, epoch, config, scaler)
+
+
+def _resume(path: Path, model, opt, sched, scaler, cfg: TrainConfig) -> int:
     """Restore from `last.pt` if present; returns the first epoch still to run."""
     if not path.exists():
         return 0
     ckpt = load_checkpoint(path)
-    saved = {k: v for k, v in ckpt["config"].items() if k not in ("epochs", "device", "save_every")}
+    saved = {k: v for k, v in ckpt["config"].items() if k not in SPEED_ONLY}
     now = {k: v for k, v in dataclasses.asdict(cfg).items() if k in saved}
     if saved != now:
         diff = sorted(k for k in saved if saved[k] != now.get(k))
@@ -178,5 +212,7 @@ def _resume(path: Path, model, opt, sched, cfg: TrainConfig) -> int:
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     return ckpt["epoch"] + 1

@@ -1,12 +1,21 @@
-"""Data sets: a registry of loaders returning `ImageDataset` (images in memory, uint8)."""
+"""Data sets: a registry of loaders.
+
+Small sets live in memory as one uint8 array per part (`ImageDataset`: glyphs, CIFAR-100); large
+ones are lists of image files read lazily by DataLoader workers (`FileDataset`: ImageNet, image
+folders, CUB). Both order rows by class, classes ascending, and may carry the data set's own
+label split and shot files (`default_splits`, `default_shots`), which `lowshot data` writes.
+"""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
+from lowshot.errors import InputError
+from lowshot.io.splits import LabelSplits
 from lowshot.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -15,7 +24,7 @@ register_dataset = DATASETS.register
 
 @dataclass
 class ImageDataset:
-    """Images of every class, split into a train part and a test part.
+    """Images of every class in memory, split into a train part and a test part.
 
     Attributes:
         name: data set name (used for `label_splits/<name>.json`).
@@ -25,6 +34,8 @@ class ImageDataset:
         test_labels: int64 array of shape (M,).
         label_names: position k is the name of label k.
         meta: provenance (generator version, library versions, seed, ...).
+        default_splits: the data set's own label split, written by `lowshot data` instead of a seeded one.
+        default_shots: the data set's own shot files, (num_classes, 20) int64 arrays for experiments 1..5.
     """
 
     name: str
@@ -34,6 +45,8 @@ class ImageDataset:
     test_labels: np.ndarray
     label_names: List[str]
     meta: Dict[str, Any] = field(default_factory=dict)
+    default_splits: Optional[LabelSplits] = None
+    default_shots: Optional[List[np.ndarray]] = None
 
     @property
     def num_classes(self) -> int:
@@ -44,14 +57,57 @@ class ImageDataset:
         return int(self.train_images.shape[1])
 
 
+@dataclass
+class FileDataset:
+    """Images of every class as files under `root`, decoded only when read (see `lowshot.data.stream`).
+
+    Attributes:
+        name: data set name.
+        root: folder the file names are relative to.
+        train_files, test_files: image paths relative to `root`, rows grouped by class, classes ascending.
+        train_labels, test_labels: int64 arrays of shape (N,) and (M,).
+        label_names: position k is the name of label k.
+        transforms: name of the augmentation preset (`lowshot.data.transforms.TRANSFORMS`).
+        meta, default_splits, default_shots: as in `ImageDataset`.
+    """
+
+    name: str
+    root: str
+    train_files: List[str]
+    train_labels: np.ndarray
+    test_files: List[str]
+    test_labels: np.ndarray
+    label_names: List[str]
+    transforms: str = "hg"
+    meta: Dict[str, Any] = field(default_factory=dict)
+    default_splits: Optional[LabelSplits] = None
+    default_shots: Optional[List[np.ndarray]] = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def channels(self) -> int:
+        return 3  # every image is converted to RGB when read
+
+    def verify(self, source: str) -> None:
+        """Raise `InputError(source, ...)` if any listed image file is missing (how many, the first few)."""
+        names = self.train_files + self.test_files
+        missing = [n for n in names if not os.path.isfile(os.path.join(self.root, n))]
+        if missing:
+            raise InputError(source, f"names {len(missing)} of {len(names)} images that do not exist under "
+                                     f"{self.root}, e.g. {', '.join(missing[:3])}")
+
+
 def normalise_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (B, C, H, W) -> float in [-1, 1], the input every backbone here is trained on."""
+    """uint8 images (B, C, H, W) -> float in [-1, 1], the input every in-memory backbone is trained on."""
     return images.float().div_(127.5).sub_(1.0)
 
 
-def load_dataset(name: str, **kwargs: Any) -> ImageDataset:
-    """Build the named data set; kwargs that are None take the loader's defaults."""
+def load_dataset(name: str, **kwargs: Any):
+    """Build the named data set (`ImageDataset` or `FileDataset`); kwargs that are None take the loader's defaults."""
     return DATASETS.create(name, **kwargs)
 
 
-from lowshot.data import glyphs  # noqa: E402,F401  (registers "glyphs")
+from lowshot.data import cifar100, cub, folder, glyphs, imagenet  # noqa: E402,F401  (register the loaders)

@@ -1,34 +1,59 @@
 """Stage 0: make a data set available and write its benchmark definition files.
 
 Writes `label_splits/<name>.json` and `experiment_cfgs/<name>/splitfile_{1..5}.json` when they
-do not exist. Both are small, deterministic functions of the seed, and are committed for the
-embedded data set because they define the benchmark.
+do not exist: the data set's own files (H&G's `label_idx.json` and splitfiles, CUB's Qi split)
+where it has them, else deterministic seeded ones. The seeded files of the embedded data set are
+committed because they define the benchmark.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import numpy as np
+
 from lowshot.data import load_dataset
-from lowshot.io.splits import make_label_splits, make_shots, write_label_splits, write_shots
+from lowshot.errors import InputError
+from lowshot.io.splits import (SHOTS_PER_CLASS, LabelSplits, load_label_splits, make_label_splits, make_shots,
+                               write_label_splits, write_shots)
 
 NUM_EXPERIMENTS = 5
+
+
+def check_class_sizes(data, splits: LabelSplits, source: Optional[str]) -> None:
+    """Every class needs 20 train images for its shot-file row; name the first class that has fewer."""
+    counts = np.bincount(data.train_labels, minlength=data.num_classes)
+    novel = set(splits.novel_classes_1) | set(splits.novel_classes_2)
+    small = sorted((c for c in range(data.num_classes) if counts[c] < SHOTS_PER_CLASS), key=lambda c: (c not in novel, c))
+    if small:
+        c = small[0]
+        kind = "novel class" if c in novel else "class"
+        raise InputError(source, f"{kind} {data.label_names[c]!r} (label {c}) has {counts[c]} training images; "
+                                 f"the shot files need {SHOTS_PER_CLASS}")
 
 
 def prepare_data(dataset: str, dataset_args: Optional[Dict[str, Any]] = None, seed: int = 0,
                  splits_dir: str = "label_splits", shots_root: str = "experiment_cfgs",
                  force: bool = False) -> List[Path]:
-    """Load (generating if needed) the data set, then write missing split and shot files."""
+    """Load the data set (checking that its files exist), then write missing split and shot files."""
     data = load_dataset(dataset, **(dataset_args or {}))
+    source = data.meta.get("root")
+    if hasattr(data, "verify"):
+        data.verify(source)
     splits_path = Path(splits_dir) / f"{dataset}.json"
-    written = []
-    if force or not splits_path.exists():
-        write_label_splits(splits_path, make_label_splits(data.label_names, seed))
-        written.append(splits_path)
-    for k in range(1, NUM_EXPERIMENTS + 1):
-        path = Path(shots_root) / dataset / f"splitfile_{k}.json"
+    new_splits = force or not splits_path.exists()
+    splits = load_label_splits(splits_path) if not new_splits else (
+        data.default_splits or make_label_splits(data.label_names, seed))
+    shot_paths = [Path(shots_root) / dataset / f"splitfile_{k}.json" for k in range(1, NUM_EXPERIMENTS + 1)]
+    if data.default_shots is None and any(force or not p.exists() for p in shot_paths):
+        check_class_sizes(data, splits, source)  # before anything is written
+    written = [splits_path] if new_splits else []
+    if new_splits:
+        write_label_splits(splits_path, splits)
+    for k, path in enumerate(shot_paths, start=1):
         if force or not path.exists():
-            write_shots(path, make_shots(data.train_labels, data.num_classes, seed, k))
+            write_shots(path, data.default_shots[k - 1] if data.default_shots
+                        else make_shots(data.train_labels, data.num_classes, seed, k))
             written.append(path)
     print(f"{dataset}: {data.num_classes} classes, {len(data.train_labels)} train / {len(data.test_labels)} test images")
     return written

@@ -1,0 +1,77 @@
+"""torchrun with 2 gloo processes on the CPU, on a small image folder: DistributedDataParallel training resumes
+exactly, and sharded feature extraction writes the single-process file.
+
+One torchrun launch runs every step (`ddp_steps.py`, through the CLI), since each process costs seconds of
+imports. Success is judged by what the processes wrote and printed, not by the exit status alone: gloo's
+teardown can abort after the work is done (reference/environment.md §6).
+"""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from lowshot.checkpoints import load_checkpoint
+from lowshot.data.prepare import prepare_data
+from lowshot.features import FeaturesConfig, features
+
+from image_trees import folder_tree, glyph_data, tiny_train_config
+
+TIMEOUT_S = 300
+
+
+def torchrun(cwd, script, *args) -> str:
+    """`torchrun --standalone --nproc-per-node 2 SCRIPT ARGS` in `cwd`; its output. Killed (group) on timeout."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"torchrun {script} ran past {TIMEOUT_S} s")
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A working folder with an image tree, its split and shot files, a tiny config, and the 2-process outputs."""
+    work = tmp_path_factory.mktemp("ddp")
+    root = folder_tree(work / "tree", glyph_data(str(work / "cache")))
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        prepare_data("folder", {"root": str(root)})
+    finally:
+        os.chdir(cwd)
+    tiny_train_config(work / "t.json")
+    out = torchrun(work, Path(__file__).with_name("ddp_steps.py"), root)
+    assert out.count("steps done") == 2, out  # both ranks finished every step
+    return work
+
+
+def test_two_process_training_resumes_to_the_uninterrupted_weights(project):
+    straight = load_checkpoint(project / "runs/straight/checkpoints/last.pt")
+    resumed = load_checkpoint(project / "runs/resumed/checkpoints/last.pt")
+    assert load_checkpoint(project / "runs/resumed/checkpoints/0.pt")["epoch"] == 0
+    assert straight["epoch"] == resumed["epoch"] == 1
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert len((project / "runs/resumed/train_log.jsonl").read_text().splitlines()) == 2  # rank 0 alone logs
+
+
+def test_two_process_features_equal_the_single_process_file(project):
+    one = features(FeaturesConfig(run=str(project / "runs/straight"), out_dir=str(project / "runs/straight/f1"),
+                                  batch_size=32, workers=0, device="cpu"))
+    for split, path in one.items():
+        with h5py.File(path) as a, h5py.File(project / "runs/straight/f2" / f"{split}.hdf5") as b:
+            for name in ("all_feats", "all_labels", "count"):
+                np.testing.assert_array_equal(a[name][:], b[name][:])
+    assert not list((project / "runs/straight/f2").glob(".*.npy"))  # the shards are gone
