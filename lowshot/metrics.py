@@ -5,6 +5,8 @@ them (image-weighted), with top-5 over the whole label space and top-1 its first
 Wang et al. 2018 / Gidaris & Komodakis 2018: novel top-5 with the label space restricted to
 the setup's novel classes; all top-5 restricted to the setup's base ∪ novel classes; and the
 same "with prior", after re-weighting the softmax so that novel classes hold `prior` of the mass.
+Per class (kept small: one number per class of the setup, never a confusion matrix): top-1
+accuracy and test count per class, and where the errors go between base and novel classes.
 """
 from __future__ import annotations
 
@@ -69,4 +71,32 @@ def cell_metrics(scores: torch.Tensor, labels: torch.Tensor, base_classes, novel
         "wang_novel_top5": _mean(_topk_hits(_restrict(scores, novel), labels, 5)[is_novel]),
         "wang_all_top5": _mean(_topk_hits(_restrict(scores, both), labels, 5)[is_novel | is_base]),
         "wang_all_prior_top5": _mean(_topk_hits(_with_prior(scores, base, novel, prior), labels, 5)[is_novel | is_base]),
+        **per_class_metrics(pred, labels, base, novel),
     }
+
+
+def _side(y: torch.Tensor, base: torch.Tensor, novel: torch.Tensor) -> torch.Tensor:
+    """(N,) 0 for a base class, 1 for a novel class, 2 for any other class of labels y (N,)."""
+    return torch.where(torch.isin(y, base), 0, torch.where(torch.isin(y, novel), 1, 2))
+
+
+def per_class_metrics(pred: torch.Tensor, labels: torch.Tensor, base: torch.Tensor,
+                      novel: torch.Tensor) -> Dict[str, list]:
+    """Per-class top-1 accuracy and the base/novel confusion counts of one cell.
+
+    Args:
+        pred: (N,) predicted labels; labels: (N,) true labels, all in base ∪ novel.
+        base, novel: (B,) and (K,) long tensors, the setup's classes.
+    Returns:
+        `per_class_top1` and `per_class_count`, lists aligned with the setup's classes sorted
+        (base ∪ novel); `base_novel_confusion`, counts of test images [[base→base, base→novel,
+        base→other], [novel→base, novel→novel, novel→other]] (rows: true base/novel; "other":
+        a class of the label space outside the setup, possible when a head scores unseen classes).
+    """
+    classes = torch.cat([base, novel]).sort().values
+    pos = torch.searchsorted(classes, labels)
+    count = torch.bincount(pos, minlength=len(classes))
+    hits = torch.bincount(pos[pred == labels], minlength=len(classes))
+    acc = [round(h / c, 4) if c else None for h, c in zip(hits.tolist(), count.tolist())]
+    confusion = torch.bincount(_side(labels, base, novel) * 3 + _side(pred, base, novel), minlength=9).view(3, 3)[:2]
+    return {"per_class_top1": acc, "per_class_count": count.tolist(), "base_novel_confusion": confusion.tolist()}

@@ -225,6 +225,8 @@ def report(cfg: ReportConfig) -> str:
         text.append("**Missing cells** (means above use only the experiments present):\n" + "\n".join(f"- {x}" for x in lack))
     if cfg.plot:
         plot(summ, out / "accuracy_vs_n.png")
+    from lowshot.report_classes import per_class_report  # here: that module imports this one
+    text += per_class_report(results, out, cfg.plot)
     text.append(f"CSV tables and plot written to {out}/")
     return "\n\n".join(text)
 

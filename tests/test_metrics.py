@@ -28,3 +28,27 @@ def test_restricted_label_space_metrics():
     assert m["accs"][1] == 0.0          # H&G top-5 over the whole label space
     assert m["wang_novel_top5"] == 1.0  # label space restricted to novel classes
     assert m["wang_all_prior_top5"] == 1.0  # novel prior 0.8 lifts it into the top 5
+
+
+def test_per_class_accuracy_and_base_novel_confusion_by_hand():
+    # base {3, 1}, novel {2}; class 0 and 4 are outside the setup (label space of 5)
+    scores = torch.tensor([
+        [0., 9, 0, 0, 0],  # y=1 -> 1 (base→base, hit)
+        [0., 0, 9, 0, 0],  # y=1 -> 2 (base→novel)
+        [0., 0, 0, 9, 0],  # y=3 -> 3 (base→base, hit)
+        [0., 0, 9, 0, 0],  # y=2 -> 2 (novel→novel, hit)
+        [0., 0, 0, 9, 0],  # y=2 -> 3 (novel→base)
+        [0., 0, 0, 0, 9],  # y=2 -> 4 (novel→other)
+    ])
+    labels = torch.tensor([1, 1, 3, 2, 2, 2])
+    m = cell_metrics(scores, labels, [3, 1], [2])
+    # aligned with the setup's sorted classes [1, 2, 3]
+    assert m["per_class_top1"] == [0.5, pytest.approx(1 / 3, abs=1e-4), 1.0]
+    assert m["per_class_count"] == [2, 3, 1]
+    assert m["base_novel_confusion"] == [[2, 1, 0], [1, 1, 1]]
+
+
+def test_per_class_of_a_class_without_test_images_is_none():
+    m = cell_metrics(torch.tensor([[9., 0, 0]]), torch.tensor([0]), [0, 1], [2])
+    assert m["per_class_top1"] == [1.0, None, None]
+    assert m["per_class_count"] == [1, 0, 0]
