@@ -26,8 +26,9 @@ from lowshot.config import pick_device
 from lowshot.errors import InputError
 from lowshot.heads import HEADS, Task, create_head
 from lowshot.io.atomic import atomic_path
-from lowshot.io.features import read_features
-from lowshot.io.splits import load_label_splits
+from lowshot.io.features import FeatureSet, read_features
+from lowshot.io.splits import LabelSplits, load_label_splits
+from lowshot.run import NO_DATASET, RunFolder, check_compatible, rows_of, splits_path, test_features_path
 from lowshot.stats import mean_ci
 
 CHUNK = 100  # episodes scored together by a batched head
@@ -42,6 +43,7 @@ def default_heads() -> List[str]:
 class EpisodesConfig:
     run: str = "runs/demo"
     features_dir: Optional[str] = None  # default: <run>/features
+    test_features: Optional[str] = None  # default: <features_dir>/test.hdf5, else H&G's val.hdf5
     splits: Optional[str] = None  # default: label_splits/<dataset>.json
     heads: List[str] = field(default_factory=default_heads)
     head_params: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # head name -> kwargs
@@ -53,12 +55,6 @@ class EpisodesConfig:
     seed: int = 0
     device: str = "auto"
     out_dir: Optional[str] = None  # default: <run>/episodes
-
-
-def _as_list(value, kind=str) -> list:
-    """`--set heads=a,b` arrives as a string; JSON lists and scalars are accepted too."""
-    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
-    return [kind(v.strip() if isinstance(v, str) else v) for v in items if v != ""]
 
 
 def draw_episodes(labels: np.ndarray, classes: np.ndarray, ways: int, shots: int, queries: int, episodes: int,
@@ -104,32 +100,32 @@ def episode_accuracies(name: str, params: Dict[str, Any], support: torch.Tensor,
 
 def _load(cfg: EpisodesConfig):
     """Test features, the setup's novel classes and the mean (d,) of its base classes' train rows (or None)."""
-    folder = Path(cfg.features_dir or Path(cfg.run) / "features")
-    test = read_features(folder / "test.hdf5")
+    folder = Path(cfg.features_dir) if cfg.features_dir else RunFolder(Path(cfg.run)).features
+    test = read_features(test_features_path(folder, cfg.test_features))
     dataset = test.attrs.get("dataset")
     if cfg.splits is None and not dataset:
-        raise InputError(test.path, "records no data set: pass --set splits=<label_splits file>")
-    splits = load_label_splits(cfg.splits or Path("label_splits") / f"{dataset}.json")
-    if len(test.labels) and test.labels.max() >= splits.num_classes:
-        raise InputError(test.path, f"label {test.labels.max()} is outside the label space of the split file")
+        raise InputError(test.path, NO_DATASET)
+    spath = splits_path(dataset, cfg.splits)
+    splits = load_label_splits(spath)
+    check_compatible(test, None, splits, spath)
     base, novel = splits.setup(cfg.setup)
-    return test, novel, _base_mean(folder / "train.hdf5", base, test.feats.shape[1])
+    return test, novel, _base_mean(folder / "train.hdf5", test, base, splits, spath)
 
 
-def _base_mean(path: Path, base: np.ndarray, dim: int) -> Optional[torch.Tensor]:
+def _base_mean(path: Path, test: FeatureSet, base: np.ndarray, splits: LabelSplits,
+               spath: Path) -> Optional[torch.Tensor]:
     """Mean (d,) of the base classes' rows of the train features (SimpleShot's centre); None without them."""
     if not path.exists():
         return None
     train = read_features(path)
-    if train.feats.shape[1] != dim:
-        raise InputError(path, f"features are {train.feats.shape[1]}-d but test.hdf5's are {dim}-d")
-    rows = np.isin(train.labels, base)
-    return torch.from_numpy(train.feats[rows].mean(0, dtype=np.float64)).float() if rows.any() else None
+    check_compatible(train, test, splits, spath)
+    feats, _ = rows_of(train, base)
+    return torch.from_numpy(feats.mean(0, dtype=np.float64)).float() if len(feats) else None
 
 
 def episodes(cfg: EpisodesConfig) -> str:
     """Run every (head, ways, shots) cell; write <out_dir>/episodes.{csv,md}; return the markdown."""
-    heads, ways, shots = _as_list(cfg.heads), _as_list(cfg.ways, int), _as_list(cfg.shots, int)
+    heads, ways, shots = cfg.heads, cfg.ways, cfg.shots
     for name in heads:
         HEADS.get(name)
     test, novel, base_mean = _load(cfg)
@@ -163,7 +159,7 @@ def episodes(cfg: EpisodesConfig) -> str:
 
 def _write(cfg: EpisodesConfig, rows: List[dict], notes: Dict[str, str], heads, ways, shots) -> str:
     """Long CSV and a markdown table (heads × configurations, % with 95 % interval), both atomic."""
-    out = Path(cfg.out_dir or Path(cfg.run) / "episodes")
+    out = Path(cfg.out_dir) if cfg.out_dir else RunFolder(Path(cfg.run)).episodes
     with atomic_path(out / "episodes.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["head", "ways", "shots", "queries", "episodes", "mean_acc", "ci95",
                                                "seconds"])
