@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from lowshot.heads import HEADS, Task, create_head
+from lowshot.heads import HEADS, Task
 from lowshot.metrics import cell_metrics
 
 
@@ -50,7 +50,7 @@ def main() -> None:
             times = []
             for _ in range(2):  # second cell: task.cache warm, as in a benchmark
                 start = time.perf_counter()
-                s = create_head(name, **params.get(name, {})).fit(xtr, ytr, task).scores(xte)
+                s = HEADS.create(name, **params.get(name, {})).fit(xtr, ytr, task).scores(xte)
                 times.append(time.perf_counter() - start)
             m = cell_metrics(s, yte, task.base_classes, task.novel_classes)
             print(f"{name:>12} n={n:<2} first {times[0]:6.2f} s  warm {times[1]:6.2f} s  "

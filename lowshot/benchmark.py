@@ -17,7 +17,7 @@ import torch
 from lowshot.config import pick_device, versions
 from lowshot.errors import InputError
 from lowshot.generators import GENERATORS
-from lowshot.heads import HEADS, Task, create_head
+from lowshot.heads import HEADS, Task
 from lowshot.io.features import content_digest
 from lowshot.io.fingerprint import file_digest
 from lowshot.io.results import has_result, result_path, write_result
@@ -140,7 +140,7 @@ def training_set(ctx: Context, n: int, expid: int, seed: int) -> Tuple[torch.Ten
 
 def run_cell(ctx: Context, head_name: str, n: int, expid: int) -> Optional[Path]:
     """Fit one head on one cell's training set, score the test rows, write the result JSON."""
-    head = create_head(head_name, **ctx.cfg.head_params.get(head_name, {}))
+    head = HEADS.create(head_name, **ctx.cfg.head_params.get(head_name, {}))
     identity = cell_identity(ctx, head_name, head.get_params(), n, expid)
     path = result_path(ctx.out_dir, identity)
     if not ctx.cfg.force and has_result(path, identity):

@@ -24,7 +24,7 @@ import torch
 
 from lowshot.config import pick_device
 from lowshot.errors import InputError
-from lowshot.heads import HEADS, Task, create_head
+from lowshot.heads import HEADS, Task
 from lowshot.io.atomic import atomic_path
 from lowshot.io.features import FeatureSet, read_features
 from lowshot.io.splits import LabelSplits, load_label_splits
@@ -87,13 +87,13 @@ def episode_accuracies(name: str, params: Dict[str, Any], support: torch.Tensor,
     e, w, s, d = support.shape
     truth = torch.arange(w, device=query.device).repeat_interleave(query.shape[2])
     query = query.reshape(e, -1, d)
-    head = create_head(name, **params)
+    head = HEADS.create(name, **params)
     if hasattr(head, "episode_scores"):
         scores = torch.cat([head.episode_scores(support[i:i + CHUNK], query[i:i + CHUNK], task)
                             for i in range(0, e, CHUNK)])
     else:
         labels = torch.arange(w, device=support.device).repeat_interleave(s)
-        scores = torch.stack([create_head(name, **params).fit(support[i].reshape(-1, d), labels, task)
+        scores = torch.stack([HEADS.create(name, **params).fit(support[i].reshape(-1, d), labels, task)
                               .scores(query[i]) for i in range(e)])
     return (scores.argmax(-1) == truth).float().mean(-1)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lowshot.episodes import EpisodesConfig, _load, draw_episodes, episode_accuracies, episodes
-from lowshot.heads import HEADS, Task, create_head
+from lowshot.heads import HEADS, Task
 from lowshot.io.features import FeatureSet, write_features
 from lowshot.io.splits import LabelSplits, write_label_splits
 from synthetic import one_thread  # noqa: F401 (autouse fixture)
@@ -55,9 +55,9 @@ def test_batched_episode_scores_equal_fit_then_scores(name):
     support, query = torch.randn(4, 5, 3, 8, generator=g), torch.randn(4, 5, 2, 8, generator=g)
     task = Task(5, np.zeros(0, np.int64), np.arange(5), None, 10.0, base_mean=torch.randn(8, generator=g))
     labels = torch.arange(5).repeat_interleave(3)
-    batched = create_head(name).episode_scores(support, query.reshape(4, 10, 8), task)
+    batched = HEADS.create(name).episode_scores(support, query.reshape(4, 10, 8), task)
     for e in range(4):
-        looped = create_head(name).fit(support[e].reshape(-1, 8), labels, task).scores(query[e].reshape(10, 8))
+        looped = HEADS.create(name).fit(support[e].reshape(-1, 8), labels, task).scores(query[e].reshape(10, 8))
         assert torch.allclose(batched[e], looped, atol=1e-5)
     acc = episode_accuracies(name, {}, support, query, task)
     assert acc.shape == (4,)
@@ -117,14 +117,14 @@ def test_cosine_ncm_episodes_centre_on_the_base_classes_train_mean(run, run_with
     feats = torch.from_numpy(test.feats)
     support, query = feats[sup], feats[qry].reshape(4, 15, 16)
     task = Task(5, np.zeros(0, np.int64), np.arange(5), base_mean=base_mean)
-    scores = create_head("cosine_ncm").episode_scores(support, query, task)
+    scores = HEADS.create("cosine_ncm").episode_scores(support, query, task)
     unit = torch.nn.functional.normalize
     means = unit(unit(support - shift, dim=-1).mean(2), dim=-1)  # by hand, with the known centre
     assert torch.allclose(scores, unit(query - shift, dim=-1) @ means.transpose(1, 2), atol=1e-5)
     centre = support.mean((1, 2), keepdim=True)  # centre="support": the support set's own mean
     means = unit(unit(support - centre, dim=-1).mean(2), dim=-1)
     expected = unit(query - centre[:, 0], dim=-1) @ means.transpose(1, 2)
-    assert torch.allclose(create_head("cosine_ncm", centre="support").episode_scores(support, query, task), expected,
+    assert torch.allclose(HEADS.create("cosine_ncm", centre="support").episode_scores(support, query, task), expected,
                           atol=1e-5)
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from lowshot.heads import HEADS, create_head
+from lowshot.heads import HEADS
 from synthetic import head_params, mixture, one_thread  # noqa: F401 (fixtures)
 
 DIM = 16
@@ -25,7 +25,7 @@ def name(request):
 @pytest.fixture
 def make(name, head_params):
     """A fresh head of the parametrised name, with small-budget parameters."""
-    return lambda: create_head(name, **head_params(name, DIM))
+    return lambda: HEADS.create(name, **head_params(name, DIM))
 
 
 def test_fit_returns_self_and_scores_shape(make):
@@ -47,7 +47,7 @@ def test_scores_finite_for_present_classes_and_neg_inf_for_absent(make):
 
 def test_scores_before_fit_raises(name):
     with pytest.raises(RuntimeError, match="before fit"):
-        create_head(name).scores(torch.zeros(3, 16))
+        HEADS.create(name).scores(torch.zeros(3, 16))
 
 
 def test_same_seed_same_scores(make):
@@ -67,4 +67,4 @@ def test_inputs_not_mutated(make):
 
 def test_params_round_trip(name, make):
     params = make().get_params()
-    assert create_head(name, **params).get_params() == params
+    assert HEADS.create(name, **params).get_params() == params

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lowshot.errors import InputError
-from lowshot.heads import HEADS, Task, create_head
+from lowshot.heads import HEADS, Task
 from lowshot.heads._common import sq_distances
 from lowshot.heads._kmeans import cluster_classes, kmeans
 from lowshot.metrics import cell_metrics
@@ -20,13 +20,13 @@ from synthetic import head_params, mixture, one_thread  # noqa: F401 (fixtures)
 def accs(name: str, cell, **params):
     """H&G's six accuracies of one head on one synthetic cell."""
     xtr, ytr, xte, yte, task = cell
-    head = create_head(name, **params).fit(xtr, ytr, task)
+    head = HEADS.create(name, **params).fit(xtr, ytr, task)
     return cell_metrics(head.scores(xte), yte, task.base_classes, task.novel_classes)["accs"]
 
 
 def test_imprinted_rows_are_the_closed_form():
     xtr, ytr, xte, _, task = mixture(shots=3)
-    head = create_head("imprint").fit(xtr, ytr, task)
+    head = HEADS.create("imprint").fit(xtr, ytr, task)
     for c in task.novel_classes:
         shots = xtr[ytr == c]
         row = F.normalize(F.normalize(shots, dim=1).mean(0), dim=0)
@@ -39,7 +39,7 @@ def test_imprinted_rows_are_the_closed_form():
 
 def test_protonet_equals_its_linear_form_up_to_a_row_constant():
     xtr, ytr, xte, _, task = mixture(shots=4)
-    scores = create_head("protonet").fit(xtr, ytr, task).scores(xte)
+    scores = HEADS.create("protonet").fit(xtr, ytr, task).scores(xte)
     means = torch.stack([xtr[ytr == c].mean(0) for c in range(task.num_classes)])
     linear = 2 * xte @ means.t() - means.pow(2).sum(1)
     assert torch.allclose(scores - linear, -xte.pow(2).sum(1, keepdim=True).expand_as(linear), atol=1e-3)
@@ -48,8 +48,8 @@ def test_protonet_equals_its_linear_form_up_to_a_row_constant():
 
 def test_cosine_ncm_is_invariant_to_feature_scale():
     xtr, ytr, xte, _, task = mixture(shots=2)
-    a = create_head("cosine_ncm").fit(xtr, ytr, task).scores(xte)
-    b = create_head("cosine_ncm").fit(7.3 * xtr, ytr, task).scores(7.3 * xte)
+    a = HEADS.create("cosine_ncm").fit(xtr, ytr, task).scores(xte)
+    b = HEADS.create("cosine_ncm").fit(7.3 * xtr, ytr, task).scores(7.3 * xte)
     assert torch.allclose(a, b, atol=1e-5)
 
 
@@ -69,7 +69,7 @@ def test_random_labels_give_chance(name, head_params):
 def test_cosine_heads_say_what_to_run_first(name):
     xtr, ytr, _, _, task = mixture()
     with pytest.raises(InputError, match="lowshot train --classifier cosine"):
-        create_head(name).fit(xtr, ytr, dataclasses.replace(task, classifier_scale=None))
+        HEADS.create(name).fit(xtr, ytr, dataclasses.replace(task, classifier_scale=None))
 
 
 def test_raw_imprint_hurts_base_accuracy_where_norms_differ():
@@ -83,27 +83,27 @@ def test_weighted_sampling_replicates_shots_and_downweights_base():
     # 2 base classes of 40 and 20 rows, 1 novel class of 3 shots: ν = ⌊30 / 3⌋ = 10, base weight 1/2²
     y = torch.tensor([0] * 40 + [1] * 20 + [2] * 3)
     base = torch.tensor([True, True, False])
-    probs, weight = create_head("imprint_ft", weighted=True)._sampling(y, base, 2)
+    probs, weight = HEADS.create("imprint_ft", weighted=True)._sampling(y, base, 2)
     assert probs[-1] / probs[0] == pytest.approx(10.0) and float(probs.sum()) == pytest.approx(1.0)
     assert weight[:60].eq(0.25).all() and weight[60:].eq(1.0).all()
-    probs, weight = create_head("imprint_ft")._sampling(y, base, 2)  # class-balanced
+    probs, weight = HEADS.create("imprint_ft")._sampling(y, base, 2)  # class-balanced
     assert [float(probs[y == c].sum()) for c in range(3)] == pytest.approx([1 / 3] * 3)
 
 
 def test_base_clusters_are_computed_once_per_benchmark():
     xtr, ytr, xte, _, task = mixture(shots=5)
     for name in ("repmet", "magnet"):
-        create_head(name).fit(xtr, ytr, task)
+        HEADS.create(name).fit(xtr, ytr, task)
         keys = set(task.cache)
         shots1 = torch.cat([xtr[: 400], xtr[400::5]]), torch.cat([ytr[: 400], ytr[400::5]])
-        create_head(name).fit(*shots1, dataclasses.replace(task, seed=7))
+        HEADS.create(name).fit(*shots1, dataclasses.replace(task, seed=7))
         assert set(task.cache) == keys
     assert len(task.cache) == 2
 
 
 def test_magnet_variance_with_one_cluster_is_the_within_class_variance():
     xtr, ytr, _, _, task = mixture(shots=5)
-    head = create_head("magnet", k=1).fit(xtr, ytr, task)
+    head = HEADS.create("magnet", k=1).fit(xtr, ytr, task)
     base = ytr < 10
     means = torch.stack([xtr[ytr == c].mean(0) for c in range(10)])
     expected = (xtr[base] - means[ytr[base]]).pow(2).sum() / (int(base.sum()) - 1)
@@ -112,7 +112,7 @@ def test_magnet_variance_with_one_cluster_is_the_within_class_variance():
 
 def test_magnet_with_one_cluster_and_every_vote_is_a_softmax_over_class_means():
     xtr, ytr, xte, _, task = mixture(shots=5)
-    head = create_head("magnet", k=1, L=1000).fit(xtr, ytr, task)
+    head = HEADS.create("magnet", k=1, L=1000).fit(xtr, ytr, task)
     means = torch.stack([xtr[ytr == c].mean(0) for c in range(task.num_classes)])
     expected = torch.log_softmax(-sq_distances(xte, means) / (2 * head.var_), dim=1)
     assert torch.allclose(head.scores(xte), expected, atol=1e-3)
@@ -121,7 +121,7 @@ def test_magnet_with_one_cluster_and_every_vote_is_a_softmax_over_class_means():
 @pytest.mark.parametrize("balance", [True, False])
 def test_magnet_soft_vote_of_the_nearest_clusters(balance):
     xtr, ytr, xte, _, task = mixture(shots=8, sep=1.0, noise=1.0)
-    head = create_head("magnet", k=3, L=6, balance=balance).fit(xtr, ytr, task)
+    head = HEADS.create("magnet", k=3, L=6, balance=balance).fit(xtr, ytr, task)
     xte = 3 * xte  # far from every cluster: large negative log-densities
     scores = head.scores(xte)
     # reference, cluster by cluster: clusters of class position p are rows 3p..3p+2 of centres_
@@ -141,7 +141,7 @@ def test_magnet_soft_vote_of_the_nearest_clusters(balance):
 @pytest.mark.parametrize("reduce", ["max", "sum", "mean"])
 def test_repmet_modes_are_class_means_or_shots_on_the_sphere(reduce):
     xtr, ytr, xte, _, task = mixture(shots=3, sep=1.0, noise=1.0)
-    scores = create_head("repmet", k=1 if reduce == "max" else 3, reduce=reduce).fit(xtr, ytr, task).scores(xte)
+    scores = HEADS.create("repmet", k=1 if reduce == "max" else 3, reduce=reduce).fit(xtr, ytr, task).scores(xte)
     z, q = F.normalize(xtr, dim=1), F.normalize(xte, dim=1)
     per_class = []
     for c in range(task.num_classes):
@@ -189,7 +189,7 @@ def _magnet_cell():
 def test_magnet_default_is_the_papers_vote_by_hand():
     # Rippel et al.: p(c | x) = Σ_{μ among the L nearest, class c} e^{−‖x−μ‖²/2σ²} / Σ_{μ among the L nearest} …
     x, y, task = _magnet_cell()
-    head = create_head("magnet", k=2, L=3).fit(x, y, task)
+    head = HEADS.create("magnet", k=2, L=3).fit(x, y, task)
     assert head.var_ == pytest.approx(1.0, rel=1e-5)
     scores = head.scores(torch.tensor([[1.0, 0.0]]))[0]
     # squared distances: (0,0) 1, (2,0) 1, (4,0) 9, (10,0) 81, (14,0) 169; L = 3 keeps the first three
@@ -204,7 +204,7 @@ def test_magnet_default_is_the_papers_vote_by_hand():
 def test_magnet_balanced_vote_by_hand():
     # balance=True: a class's clusters weigh 1/K_c (K_0 = 2, K_2 = 1), which flips the decision above
     x, y, task = _magnet_cell()
-    scores = create_head("magnet", k=2, L=3, balance=True).fit(x, y, task).scores(torch.tensor([[1.0, 0.0]]))[0]
+    scores = HEADS.create("magnet", k=2, L=3, balance=True).fit(x, y, task).scores(torch.tensor([[1.0, 0.0]]))[0]
     votes = {0: (math.exp(-1 / 2) + math.exp(-9 / 2)) / 2, 2: math.exp(-1 / 2)}
     total = votes[0] + votes[2]
     assert scores[0].item() == pytest.approx(math.log(votes[0] / total), abs=1e-5)
@@ -227,7 +227,7 @@ def _repmet_cell():
 def test_repmet_default_is_the_soft_sum_by_hand():
     # Karlinsky et al.: p_ij = exp(−‖x − R_ij‖² / 2σ²), P(i | x) = Σ_j p_ij / Σ_ij p_ij; σ = 0.5
     x, y, task, reps = _repmet_cell()
-    head = create_head("repmet", k=2).fit(x, y, task)
+    head = HEADS.create("repmet", k=2).fit(x, y, task)
     scores = head.scores(torch.tensor([[3.0, 0.0]]))[0]  # the query at 0°, any norm
 
     def p(deg):  # ‖x − r‖² = 2 − 2 cos θ between unit vectors
@@ -238,7 +238,7 @@ def test_repmet_default_is_the_soft_sum_by_hand():
     for i in range(3):
         assert scores[i].item() == pytest.approx(math.log(soft[i] / total), abs=1e-5)
     assert scores.argmax().item() == 0  # two representatives at 40° beat one at 25°
-    hard = create_head("repmet", k=2, reduce="max").fit(x, y, task).scores(torch.tensor([[3.0, 0.0]]))[0]
+    hard = HEADS.create("repmet", k=2, reduce="max").fit(x, y, task).scores(torch.tensor([[3.0, 0.0]]))[0]
     best = {i: max(p(a) for a in angles) for i, angles in reps.items()}
     for i in range(3):
         assert hard[i].item() == pytest.approx(math.log(best[i] / sum(best.values())), abs=1e-5)
@@ -250,28 +250,28 @@ def test_cosine_ncm_centres_on_the_base_mean_by_hand():
     x = torch.tensor([[2.0, 1.0], [4.0, 1.0], [3.0, 5.0], [1.0, 0.0]])  # base 0, base 0, base 1, novel 2
     y = torch.tensor([0, 0, 1, 2])
     task = Task(3, np.array([0, 1]), np.array([2]))
-    head = create_head("cosine_ncm").fit(x, y, task)
+    head = HEADS.create("cosine_ncm").fit(x, y, task)
     assert torch.allclose(head.centre_, torch.tensor([3.0, 7 / 3]))
     q = torch.tensor([[3.0, 1.0]])  # centred: (0, −4/3); novel shot centred: (−2, −7/3)
     novel_cos = (4 / 3 * 7 / 3) / (4 / 3 * math.hypot(2, 7 / 3))
     assert head.scores(q)[0, 2].item() == pytest.approx(novel_cos, abs=1e-6)
-    support = create_head("cosine_ncm", centre="support").fit(x, y, task)
+    support = HEADS.create("cosine_ncm", centre="support").fit(x, y, task)
     assert torch.allclose(support.centre_, x.mean(0))
-    assert torch.equal(create_head("cosine_ncm", centre="none").fit(x, y, task).centre_, torch.zeros(2))
+    assert torch.equal(HEADS.create("cosine_ncm", centre="none").fit(x, y, task).centre_, torch.zeros(2))
 
 
 def test_cosine_ncm_without_base_rows_uses_the_given_base_mean_or_says_what_it_needs():
     x, y = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
     task = Task(2, np.zeros(0, np.int64), np.arange(2), base_mean=torch.tensor([1.0, 1.0]))
-    head = create_head("cosine_ncm").fit(x, y, task)
+    head = HEADS.create("cosine_ncm").fit(x, y, task)
     assert torch.equal(head.centre_, torch.tensor([1.0, 1.0]))
     # centred shots (0, −1) and (−1, 0); the query (3, 1) centred is (2, 0): cosines 0 and −1
     assert torch.allclose(head.scores(torch.tensor([[3.0, 1.0]])), torch.tensor([[0.0, -1.0]]), atol=1e-6)
     with pytest.raises(InputError, match="train.hdf5"):
-        create_head("cosine_ncm").fit(x, y, dataclasses.replace(task, base_mean=None))
+        HEADS.create("cosine_ncm").fit(x, y, dataclasses.replace(task, base_mean=None))
 
 
 def test_logreg_identity_holds_only_what_its_solver_reads():
-    assert create_head("logreg", lr=0.5, maxiters=7).get_params() == {"solver": "lbfgs", "wd": 0.001, "tol": 1e-4}
-    assert create_head("logreg", solver="hg", tol=0.5).get_params() == {
+    assert HEADS.create("logreg", lr=0.5, maxiters=7).get_params() == {"solver": "lbfgs", "wd": 0.001, "tol": 1e-4}
+    assert HEADS.create("logreg", solver="hg", tol=0.5).get_params() == {
         "solver": "hg", "lr": 0.1, "wd": 0.001, "maxiters": 10000, "batch_size": 1000}

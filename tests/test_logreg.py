@@ -3,7 +3,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lowshot.heads import Task, create_head
+from lowshot.heads import HEADS, Task
 from lowshot.heads.logreg import mixing_weights
 from tests.conftest import gaussian_features
 
@@ -27,7 +27,7 @@ def test_mixing_weights_follow_the_class_count_ratio():
 
 def test_lbfgs_solution_is_stationary():
     feats, labels = _cell()
-    head = create_head("logreg", wd=0.01, tol=1e-7).fit(feats, labels, _task())
+    head = HEADS.create("logreg", wd=0.01, tol=1e-7).fit(feats, labels, _task())
     w = head.weight_.clone().requires_grad_(True)
     b = head.bias_.clone().requires_grad_(True)
     ce = F.cross_entropy(feats @ w.t() + b, labels, reduction="none")
@@ -39,8 +39,8 @@ def test_lbfgs_solution_is_stationary():
 def test_hg_solver_approaches_the_same_optimum():
     feats, labels = _cell()
     task = _task()
-    fast = create_head("logreg", wd=0.01).fit(feats, labels, task)
-    hg = create_head("logreg", solver="hg", wd=0.01, lr=1.0, maxiters=3000, batch_size=100).fit(feats, labels, task)
+    fast = HEADS.create("logreg", wd=0.01).fit(feats, labels, task)
+    hg = HEADS.create("logreg", solver="hg", wd=0.01, lr=1.0, maxiters=3000, batch_size=100).fit(feats, labels, task)
     test, test_labels = map(torch.from_numpy, gaussian_features(per_class=30, dim=8, sep=2.0, noise_seed=5))
     agree = (fast.scores(test).argmax(1) == hg.scores(test).argmax(1)).float().mean()
     assert agree > 0.97
@@ -48,5 +48,5 @@ def test_hg_solver_approaches_the_same_optimum():
 
 def test_classes_without_data_are_never_predicted():
     feats, labels = _cell()
-    scores = create_head("logreg").fit(feats, labels, Task(14, np.arange(6), np.arange(6, 12))).scores(feats)
+    scores = HEADS.create("logreg").fit(feats, labels, Task(14, np.arange(6), np.arange(6, 12))).scores(feats)
     assert torch.isinf(scores[:, 12:]).all() and torch.isfinite(scores[:, :12]).all()

@@ -8,7 +8,7 @@ import torch
 
 from lowshot.benchmark import BenchmarkConfig, benchmark
 from lowshot.errors import InputError
-from lowshot.heads import Task, create_head
+from lowshot.heads import HEADS, Task
 from lowshot.heads.matching import MatchingNet
 from lowshot.train_matching import MatchingTrainConfig, train_matching
 
@@ -93,7 +93,7 @@ def test_support_is_base_rows_then_tiled_novel_block():
     labels = torch.tensor([0] * 5 + [1] * 2 + [7, 7, 9, 9])
     feats = torch.arange(len(labels), dtype=torch.float32)[:, None].repeat(1, 4)
     task = Task(10, np.array([0, 1]), np.array([7, 9]), seed=1)
-    support, support_labels = create_head("matching", support_per_class=3)._support(feats, labels, task)
+    support, support_labels = HEADS.create("matching", support_per_class=3)._support(feats, labels, task)
     rows = support[:, 0].long()
     assert support_labels.tolist() == [0, 0, 0, 1, 1] + [7, 7, 9, 9] * 2
     assert len(set(rows[:3].tolist())) == 3 and set(rows[:3].tolist()) <= set(range(5))
@@ -111,7 +111,7 @@ def test_head_learns_well_separated_novel_classes(feature_project):
 def test_missing_model_says_what_to_run(tmp_path):
     task = Task(4, np.array([0, 1]), np.array([2, 3]), run_dir=str(tmp_path))
     with pytest.raises(InputError, match="run `lowshot train-matching") as err:
-        create_head("matching").fit(torch.randn(4, 3), torch.tensor([0, 1, 2, 3]), task)
+        HEADS.create("matching").fit(torch.randn(4, 3), torch.tensor([0, 1, 2, 3]), task)
     assert "\n" not in str(err.value) and str(tmp_path / "heads" / "matching.pt") in str(err.value)
 
 
@@ -119,4 +119,4 @@ def test_feature_dimension_must_match(feature_project):
     path = train_matching(MatchingTrainConfig(run="runs/synth", **{**TINY, "episodes": 2}))
     task = Task(12, np.array([3, 4, 5]), np.array([9, 10, 11]), run_dir="runs/synth")
     with pytest.raises(InputError, match="16-dimensional"):
-        create_head("matching", model=str(path)).fit(torch.randn(4, 8), torch.tensor([3, 4, 9, 10]), task)
+        HEADS.create("matching", model=str(path)).fit(torch.randn(4, 8), torch.tensor([3, 4, 9, 10]), task)

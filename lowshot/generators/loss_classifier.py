@@ -21,7 +21,7 @@ from typing import Dict, Sequence
 import numpy as np
 import torch
 
-from lowshot.heads import Task, create_head
+from lowshot.heads import HEADS, Task
 
 KINDS = ("fit", "representation")
 
@@ -56,7 +56,7 @@ def fit_base_logreg(feats: torch.Tensor, labels: torch.Tensor, classes: Sequence
     """
     base = np.asarray(classes, dtype=np.int64)
     task = Task(int(base.max()) + 1, base, np.zeros(0, dtype=np.int64), device=feats.device)
-    head = create_head("logreg", wd=wd).fit(feats, labels, task)
+    head = HEADS.create("logreg", wd=wd).fit(feats, labels, task)
     return {"weight": head.weight_[base].contiguous(), "bias": head.bias_[base].contiguous()}
 
 

@@ -16,7 +16,6 @@ import torch
 from lowshot.registry import Registry
 
 HEADS = Registry("head")
-register_head = HEADS.register
 
 
 @dataclass
@@ -67,10 +66,6 @@ class Head:
     def _check_fitted(self, attr: str) -> None:
         if not hasattr(self, attr):
             raise RuntimeError(f"{type(self).__name__}.scores called before fit")
-
-
-def create_head(name: str, **params: Any) -> Head:
-    return HEADS.create(name, **params)
 
 
 from lowshot.heads import logreg  # noqa: E402,F401

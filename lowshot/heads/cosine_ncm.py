@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 
 from lowshot.errors import InputError
-from lowshot.heads import Head, Task, register_head
+from lowshot.heads import HEADS, Head, Task
 from lowshot.heads._common import class_means, l2_normalise, mask_absent, split_base
 
 CENTRES = ("base", "support", "none")
 
 
-@register_head("cosine_ncm")
+@HEADS.register("cosine_ncm")
 class CosineNCM(Head):
     """Cosine nearest class mean (Wang, Chao, Weinberger & van der Maaten, "SimpleShot: Revisiting
     Nearest-Neighbor Classification for Few-Shot Learning", 2019, arXiv 1911.04623).

@@ -5,7 +5,7 @@ from typing import Tuple
 
 import torch
 
-from lowshot.heads import Head, Task, register_head
+from lowshot.heads import HEADS, Head, Task
 from lowshot.heads._common import base_rows, class_means, cosine_scale, l2_normalise, mask_absent, split_base
 
 
@@ -24,7 +24,7 @@ def imprinted_weight(feats: torch.Tensor, labels: torch.Tensor, task: Task, head
     return weight, present
 
 
-@register_head("imprint")
+@HEADS.register("imprint")
 class Imprint(Head):
     """Imprinting (Qi, Brown & Lowe, "Low-Shot Learning with Imprinted Weights", CVPR 2018, arXiv 1712.07136).
 

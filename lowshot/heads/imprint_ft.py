@@ -6,12 +6,12 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from lowshot.heads import Head, Task, register_head
+from lowshot.heads import HEADS, Head, Task
 from lowshot.heads._common import cosine_scale, generator, l2_normalise, mask_absent, split_base
 from lowshot.heads.imprint import imprinted_weight
 
 
-@register_head("imprint_ft")
+@HEADS.register("imprint_ft")
 class ImprintFT(Head):
     """Imprinting + fine-tuning of the last layer (Qi, Brown & Lowe, CVPR 2018, arXiv 1712.07136).
 
@@ -92,7 +92,7 @@ class ImprintFT(Head):
         return w.detach(), float(s.detach())
 
 
-@register_head("rand_ft")
+@HEADS.register("rand_ft")
 class RandFT(ImprintFT):
     """Rand + FT (Qi, Brown & Lowe, CVPR 2018): `imprint_ft` with novel rows started at random unit vectors.
 

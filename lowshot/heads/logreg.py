@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lowshot.errors import InputError
-from lowshot.heads import Head, Task, register_head
+from lowshot.heads import HEADS, Head, Task
 from lowshot.heads._common import mask_absent, split_base
 
 SOLVER_PARAMS = {"lbfgs": ("wd", "tol"), "hg": ("lr", "wd", "maxiters", "batch_size")}  # what each solver reads
@@ -34,7 +34,7 @@ def mixing_weights(labels: torch.Tensor, task: Task) -> torch.Tensor:
     return w.to(torch.float32)
 
 
-@register_head("logreg")
+@HEADS.register("logreg")
 class LogReg(Head):
     """Multinomial logistic regression on cached features (H&G 2017, arXiv 1606.02819, §3.4)."""
 

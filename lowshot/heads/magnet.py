@@ -6,12 +6,12 @@ import math
 import torch
 
 from lowshot.errors import InputError
-from lowshot.heads import Head, Task, register_head
+from lowshot.heads import HEADS, Head, Task
 from lowshot.heads._common import chunked
 from lowshot.heads._kmeans import setup_clusters
 
 
-@register_head("magnet")
+@HEADS.register("magnet")
 class Magnet(Head):
     """Magnet-loss inference (Rippel, Paluri, Dollár & Bourdev, "Metric Learning with Adaptive
     Density Discrimination", ICLR 2016, arXiv 1511.05939).

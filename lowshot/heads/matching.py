@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from lowshot.heads import Head, Task, register_head
+from lowshot.heads import HEADS, Head, Task
 from lowshot.heads._common import generator, group_rows, split_base
 
 
@@ -98,7 +98,7 @@ def one_thread(device: torch.device):
         torch.set_num_threads(before)
 
 
-@register_head("matching")
+@HEADS.register("matching")
 class Matching(Head):
     """Matching networks with full-context embeddings (Vinyals et al., NeurIPS 2016, arXiv 1606.04080), H&G §9.
 

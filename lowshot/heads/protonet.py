@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from lowshot.heads import Head, Task, register_head
+from lowshot.heads import HEADS, Head, Task
 from lowshot.heads._common import chunked, class_means, mask_absent, sq_distances
 
 
-@register_head("protonet")
+@HEADS.register("protonet")
 class ProtoNet(Head):
     """Nearest class mean, squared Euclidean (Snell, Swersky & Zemel, NeurIPS 2017, arXiv 1703.05175).
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from lowshot.heads import Head, Task, register_head
+from lowshot.heads import HEADS, Head, Task
 from lowshot.heads._common import base_rows, class_means, mask_absent, split_base
 
 
-@register_head("raw_imprint")
+@HEADS.register("raw_imprint")
 class RawImprint(Head):
     """Raw mean-feature imprinting, as in yizt/keras-imprinting (2018) — a negative control.
 

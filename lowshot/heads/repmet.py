@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from lowshot.errors import InputError
-from lowshot.heads import Head, Task, register_head
+from lowshot.heads import HEADS, Head, Task
 from lowshot.heads._common import chunked, generator, l2_normalise, sq_distances
 from lowshot.heads._kmeans import cluster_classes, setup_clusters
 
@@ -26,7 +26,7 @@ def mode_log_posterior(logit: torch.Tensor, counts: torch.Tensor, reduce: str) -
     return per_class.log_softmax(-1)
 
 
-@register_head("repmet")
+@HEADS.register("repmet")
 class RepMet(Head):
     """RepMet few-shot head (Karlinsky et al., "RepMet: Representative-based metric learning for
     classification and few-shot object detection", CVPR 2019, arXiv 1806.04728).
