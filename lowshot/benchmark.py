@@ -97,9 +97,15 @@ def _tensor(a: Optional[np.ndarray], device) -> Optional[torch.Tensor]:
 
 
 def input_digests(inputs: RunInputs) -> Dict[str, Any]:
-    """Fingerprints of the files every cell reads: features (content), label splits; shot files per experiment."""
-    return {"train_features": content_digest(inputs.train), "test_features": content_digest(inputs.test),
-            "splits": file_digest(inputs.splits_path)}
+    """Fingerprints of the files every cell reads: features (content), label splits; shot files per experiment.
+
+    Features of an external model (timm, torchvision) add its name, weights SHA-256 and preprocessing.
+    """
+    digests = {"train_features": content_digest(inputs.train), "test_features": content_digest(inputs.test),
+               "splits": file_digest(inputs.splits_path)}
+    if "weights_sha256" in inputs.train.attrs:
+        digests["model"] = {k: str(inputs.train.attrs.get(k)) for k in ("model", "weights_sha256", "preprocessing")}
+    return digests
 
 
 def cell_identity(ctx: Context, head: str, params: Dict[str, Any], n: int, expid: int) -> Dict[str, Any]:

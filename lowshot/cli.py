@@ -148,16 +148,24 @@ def train(run, backbone, classifier, aux_loss, aux_weight, epochs, dataset, root
 @main.command()
 @click.option("--run", default=None, help="Run folder (or name under runs/).")
 @click.option("--checkpoint", default=None, help="[default: <run>/checkpoints/last.pt]")
+@click.option("--backbone", default=None, metavar="timm:NAME|torchvision:NAME", help="An external model instead of a checkpoint.")
+@click.option("--weights", default=None, help="Its local weights file (.safetensors or a torch.save state dict).")
+@click.option("--random-init", is_flag=True, default=None, help="Its random initialisation instead of a weights file.")
+@click.option("--dataset", default=None, type=RegistryChoice("lowshot.data", "DATASETS"), help="For --backbone [default: glyphs].")
+@click.option("--root", default=None, help="Folder of an on-disk data set (sets dataset_args.root).")
 @click.option("--force", is_flag=True, default=None)
 @click.option("--workers", type=int, default=None, help="Decoding processes per extraction process [default: auto].")
 @click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default=None, help="Mixed precision [default: off].")
 @common
-def features(run, checkpoint, force, workers, amp, config, sets, seed, device):
+def features(run, checkpoint, backbone, weights, random_init, dataset, root, force, workers, amp, config, sets, seed,
+             device):
     """Cache penultimate features of every train and test image in <run>/features/{train,test}.hdf5 (torchrun: sharded)."""
     from lowshot.run import run_dir
     from lowshot.features import FeaturesConfig, features as features_stage
-    cfg = _resolve(FeaturesConfig, config, sets, run=run and run_dir(run), checkpoint=checkpoint, force=force,
-                   workers=workers, amp=amp, device=device)
+    cfg = _resolve(FeaturesConfig, config, sets, run=run and run_dir(run), checkpoint=checkpoint, backbone=backbone,
+                   weights=weights, random_init=random_init, dataset=dataset, force=force, workers=workers, amp=amp,
+                   seed=seed, device=device)
+    cfg.dataset_args = {**cfg.dataset_args, **({"root": root} if root else {})}
     features_stage(cfg)
 
 

@@ -6,17 +6,23 @@ a contiguous run of batches, and rank 0 joins the runs in row order and writes e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import h5py
 import numpy as np
 import torch
+from torch import nn
 
 from lowshot import distributed
+from lowshot.backbones import Model
+from lowshot.backbones.external import build_external, check_source
 from lowshot.checkpoints import load_checkpoint, model_from_config
-from lowshot.data import load_dataset
+from lowshot.data import ImageDataset, load_dataset
 from lowshot.data.feeds import FeedOptions, make_feed
 from lowshot.io.features import FeatureSet, write_features
 from lowshot.io.fingerprint import file_digest
@@ -33,6 +39,14 @@ class FeaturesConfig:
     amp: str = "off"  # off | bf16 | fp16 (features are stored as float32 either way)
     device: str = "auto"
     force: bool = False
+    # an external model instead of a checkpoint (see lowshot.backbones.external)
+    backbone: Optional[str] = None  # "timm:<name>" | "torchvision:<name>"
+    weights: Optional[str] = None  # local weights file (.safetensors or a torch.save state dict)
+    random_init: bool = False  # no weights file: the library's random initialisation (seeded)
+    dataset: str = "glyphs"
+    dataset_args: Dict[str, Any] = field(default_factory=dict)
+    preprocess: Dict[str, Any] = field(default_factory=dict)  # overrides, e.g. {"image_size": 64}
+    seed: int = 0
 
 
 @torch.no_grad()
@@ -80,8 +94,25 @@ def _load_model(ckpt, data, device: torch.device):
     return model.to(memory_format=torch.channels_last) if ckpt["config"].get("channels_last") else model
 
 
+def _write_splits(model, data, opts: FeedOptions, cfg: FeaturesConfig, paths: Dict[str, Path], attrs: Dict[str, Any],
+                  weight: Optional[np.ndarray], scale: Optional[float]) -> None:
+    """Extract every split (each process its shard) and write its file on rank 0, with `attrs` and the classifier."""
+    ctx = opts.ctx
+    for split, path in paths.items():
+        feed = make_feed(data, split, None, opts)
+        rows = distributed.shard(len(feed), cfg.batch_size, ctx)
+        feats = gather_rows(extract(model, feed, rows, cfg.batch_size, opts.device, cfg.amp), ctx, path.parent, split)
+        if ctx.main:
+            labels = data.train_labels if split == "train" else data.test_labels
+            write_features(path, FeatureSet(feats, labels, {**attrs, "split": split}, weight, scale))
+            print(f"wrote {path} ({len(labels)} rows)")
+    distributed.barrier(ctx)
+
+
 def features(cfg: FeaturesConfig) -> Dict[str, Path]:
     """Write `<out>/train.hdf5` and `<out>/test.hdf5`; skip files made from the same checkpoint."""
+    if cfg.backbone:
+        return external_features(cfg)
     ckpt_path = Path(cfg.checkpoint or Path(cfg.run) / "checkpoints" / "last.pt")
     out = Path(cfg.out_dir or Path(cfg.run) / "features")
     paths = {split: out / f"{split}.hdf5" for split in ("train", "test")}
@@ -99,16 +130,37 @@ def features(cfg: FeaturesConfig) -> Dict[str, Path]:
     clf = model.classifier
     weight = clf.weight.detach().cpu().numpy()
     scale = float(clf.scale.detach()) if clf.scale is not None else None
-    for split, path in paths.items():
-        feed = make_feed(data, split, None, opts)
-        rows = distributed.shard(len(feed), cfg.batch_size, ctx)
-        feats = gather_rows(extract(model, feed, rows, cfg.batch_size, device, cfg.amp), ctx, out, split)
-        if ctx.main:
-            labels = data.train_labels if split == "train" else data.test_labels
-            attrs = {"dataset": tcfg["dataset"], "split": split, "checkpoint": str(ckpt_path),
-                     "checkpoint_sha1": digest, "model": tcfg["backbone"], "classifier": tcfg["classifier"],
-                     "seed": tcfg["seed"], "epoch": int(ckpt["epoch"])}
-            write_features(path, FeatureSet(feats, labels, attrs, weight, scale))
-            print(f"wrote {path} ({len(labels)} rows)")
-    distributed.barrier(ctx)
+    attrs = {"dataset": tcfg["dataset"], "checkpoint": str(ckpt_path), "checkpoint_sha1": digest,
+             "model": tcfg["backbone"], "classifier": tcfg["classifier"], "seed": tcfg["seed"], "epoch": int(ckpt["epoch"])}
+    _write_splits(model, data, opts, cfg, paths, attrs, weight, scale)
+    return paths
+
+
+def external_features(cfg: FeaturesConfig) -> Dict[str, Path]:
+    """Features of a timm or torchvision model (`cfg.backbone`) from a local weights file, on `cfg.dataset`.
+
+    The files record the model name, the weights file's SHA-256 and the preprocessing, and have no
+    classifier; `checkpoint_sha1` fingerprints all the inputs (model, weights, preprocessing
+    overrides, seed, data set), so an unchanged extraction is skipped.
+    """
+    check_source(cfg.backbone, cfg.weights, cfg.random_init)
+    out = Path(cfg.out_dir or Path(cfg.run) / "features")
+    paths = {split: out / f"{split}.hdf5" for split in ("train", "test")}
+    sha256 = file_digest(cfg.weights, "sha256", 64) if cfg.weights else "random-init"
+    inputs = {"model": cfg.backbone, "weights_sha256": sha256, "preprocess": cfg.preprocess,
+              "seed": cfg.seed if cfg.random_init else None, "dataset": cfg.dataset, "dataset_args": cfg.dataset_args}
+    digest = hashlib.sha1(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+    if not cfg.force and all(_is_current(p, digest) for p in paths.values()):
+        print(f"features in {out} are up to date with {cfg.backbone} ({sha256[:12]})")
+        return paths
+    ctx, device = distributed.setup(cfg.device)
+    data = load_dataset(cfg.dataset, **cfg.dataset_args)
+    torch.manual_seed(cfg.seed)  # the same random initialisation in every process
+    trunk = build_external(cfg.backbone, cfg.weights, cfg.random_init, cfg.preprocess, isinstance(data, ImageDataset))
+    prep = trunk.preprocessing
+    opts = FeedOptions(device, ctx, cfg.workers, False, False, seed=cfg.seed, preset=prep.preset())
+    attrs = {"dataset": cfg.dataset, "checkpoint": cfg.weights or "random-init", "checkpoint_sha1": digest,
+             "model": cfg.backbone, "weights_sha256": sha256, "preprocessing": json.dumps(dataclasses.asdict(prep)),
+             "seed": cfg.seed}
+    _write_splits(Model(trunk, nn.Identity()).to(device), data, opts, cfg, paths, attrs, None, None)
     return paths

@@ -67,11 +67,23 @@ def test_two_process_training_resumes_to_the_uninterrupted_weights(project):
     assert len((project / "runs/resumed/train_log.jsonl").read_text().splitlines()) == 2  # rank 0 alone logs
 
 
+def assert_same_files(one, folder: Path) -> None:
+    """The files `one` (split -> path) hold the arrays of `folder`'s files, and no shard is left in `folder`."""
+    for split, path in one.items():
+        with h5py.File(path) as a, h5py.File(folder / f"{split}.hdf5") as b:
+            for name in ("all_feats", "all_labels", "count"):
+                np.testing.assert_array_equal(a[name][:], b[name][:])
+    assert not list(folder.glob(".*.npy"))
+
+
 def test_two_process_features_equal_the_single_process_file(project):
     one = features(FeaturesConfig(run=str(project / "runs/straight"), out_dir=str(project / "runs/straight/f1"),
                                   batch_size=32, workers=0, device="cpu"))
-    for split, path in one.items():
-        with h5py.File(path) as a, h5py.File(project / "runs/straight/f2" / f"{split}.hdf5") as b:
-            for name in ("all_feats", "all_labels", "count"):
-                np.testing.assert_array_equal(a[name][:], b[name][:])
-    assert not list((project / "runs/straight/f2").glob(".*.npy"))  # the shards are gone
+    assert_same_files(one, project / "runs/straight/f2")
+
+
+def test_two_process_external_model_features_equal_the_single_process_file(project):
+    one = features(FeaturesConfig(run=str(project / "runs/tv1"), backbone="torchvision:resnet18", random_init=True,
+                                  dataset="folder", dataset_args={"root": str(project / "tree")},
+                                  preprocess={"image_size": 32}, batch_size=32, workers=0, device="cpu"))
+    assert_same_files(one, project / "runs/tv/features")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from lowshot.data import FileDataset, ImageDataset, normalise_images
 from lowshot.data.stream import EpochSampler, ImageFiles, make_loader, subset
-from lowshot.data.transforms import TRANSFORMS
+from lowshot.data.transforms import TRANSFORMS, Preset
 from lowshot.distributed import Dist
 from lowshot.errors import InputError
 
@@ -38,6 +38,7 @@ class FeedOptions:
     transforms: Optional[str] = None  # default: the data set's preset
     image_size: Optional[int] = None  # default: the preset's
     seed: int = 0
+    preset: Optional[Preset] = None  # a ready preset (an external model's preprocessing) instead of a named one
 
     @property
     def num_workers(self) -> int:
@@ -98,7 +99,7 @@ class StreamFeed:
     """Rows of an on-disk part, decoded by DataLoader workers with a `transforms` preset."""
 
     def __init__(self, data: FileDataset, names: List[str], labels: np.ndarray, opts: FeedOptions):
-        self.preset = TRANSFORMS.create(opts.transforms or data.transforms, image_size=opts.image_size)
+        self.preset = opts.preset or TRANSFORMS.create(opts.transforms or data.transforms, image_size=opts.image_size)
         self.opts, self.pin = opts, opts.device.type == "cuda"
         train_tf = self.preset.train if opts.augment else self.preset.eval
         self.train_set = ImageFiles(data.root, names, labels, train_tf, opts.seed)

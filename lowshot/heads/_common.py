@@ -10,6 +10,10 @@ from lowshot.errors import InputError
 
 COSINE_HINT = ("needs a representation trained with the cosine classifier: "
                "run `lowshot train --classifier cosine` then `lowshot features`")
+NO_CLASSIFIER = ("needs the representation's trained classifier, and the feature file has no classifier_weight "
+                 "(features of a timm or torchvision model, or of other code, have none; `lowshot features` on a "
+                 "lowshot checkpoint writes it): use a head that needs none, e.g. cosine_ncm (every class "
+                 "imprinted from its examples), protonet or logreg")
 
 
 def l2_normalise(x: torch.Tensor) -> torch.Tensor:
@@ -50,15 +54,14 @@ def split_base(labels: torch.Tensor, task) -> Tuple[torch.Tensor, torch.Tensor]:
 def cosine_scale(task, head: str) -> float:
     """The representation's cosine-classifier scale s, or an `InputError` saying what to run first."""
     if task.classifier_scale is None:
-        raise InputError(None, f"head '{head}' {COSINE_HINT}")
+        raise InputError(None, f"head '{head}' {COSINE_HINT if task.classifier_weight is not None else NO_CLASSIFIER}")
     return float(task.classifier_scale)
 
 
 def base_rows(task, head: str, device: torch.device) -> torch.Tensor:
     """The representation's classifier rows (C, d), or an `InputError` if the feature file has none."""
     if task.classifier_weight is None:
-        raise InputError(None, f"head '{head}' needs the feature file's classifier_weight: "
-                               "re-run `lowshot features` on a checkpoint of this package")
+        raise InputError(None, f"head '{head}' {NO_CLASSIFIER}")
     return task.classifier_weight.to(device=device, dtype=torch.float32)
 
 

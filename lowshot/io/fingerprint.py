@@ -11,15 +11,15 @@ from lowshot.errors import InputError
 BLOCK = 1 << 20
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-1 of a file's bytes (first 12 hex digits), read in 1 MiB blocks; `InputError` if it is missing."""
+def file_digest(path: str | os.PathLike, algorithm: str = "sha1", digits: int = 12) -> str:
+    """Hash of a file's bytes (first `digits` hex digits), read in 1 MiB blocks; `InputError` if it is missing."""
     if not os.path.isfile(path):
         raise InputError(path, "file not found")
-    h = hashlib.sha1()
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(BLOCK), b""):
             h.update(block)
-    return h.hexdigest()[:12]
+    return h.hexdigest()[:digits]
 
 
 def array_digest(*arrays) -> str:
