@@ -5,6 +5,8 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from lowshot.io.splits import LabelSplits, write_label_splits
@@ -126,3 +128,26 @@ def tiny_train_config(path: Path, **extra) -> Path:
 def corrupt(path: Path) -> None:
     path.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
     os.utime(path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One compute thread while a module runs: its images are tiny, and idle threads spin on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def glyphs6(tmp_path_factory):
+    """The 6-class glyph set the trees are drawn from."""
+    return glyph_data(str(tmp_path_factory.mktemp("glyph6-cache")))
+
+
+@pytest.fixture(scope="session")
+def trees(tmp_path_factory, glyphs6):
+    """One tree per layout, built once for the session; tests copy a tree before changing it."""
+    base = tmp_path_factory.mktemp("trees")
+    return {"imagenet": imagenet_tree(base / "imagenet", glyphs6), "folder": folder_tree(base / "folder", glyphs6),
+            "cub": cub_tree(base / "CUB_200_2011", glyphs6), "cifar100": cifar_trees(base / "cifar", glyphs6)}

@@ -15,21 +15,7 @@ from lowshot.data import load_dataset
 from lowshot.data.cifar100 import PlainUnpickler
 from lowshot.io.splits import make_label_splits
 
-from image_trees import (WNIDS, cifar_trees, corrupt, cub_tree, folder_tree, glyph_data, imagenet_tree,
-                         tiny_train_config)
-
-
-@pytest.fixture(scope="session")
-def glyphs6(tmp_path_factory):
-    return glyph_data(str(tmp_path_factory.mktemp("glyph6-cache")))
-
-
-@pytest.fixture(scope="session")
-def trees(tmp_path_factory, glyphs6):
-    """One tree per layout, built once for the session."""
-    base = tmp_path_factory.mktemp("trees")
-    return {"imagenet": imagenet_tree(base / "imagenet", glyphs6), "folder": folder_tree(base / "folder", glyphs6),
-            "cub": cub_tree(base / "CUB_200_2011", glyphs6), "cifar100": cifar_trees(base / "cifar", glyphs6)}
+from image_trees import WNIDS, corrupt, glyphs6, one_thread, tiny_train_config, trees  # noqa: F401
 
 
 @pytest.fixture
@@ -120,7 +106,8 @@ def test_meta_naming_missing_images(work, trees):
     Path("val.json").write_text(json.dumps(meta))
     line = error_line(invoke("data", "--dataset", "imagenet", "--root", trees["imagenet"],
                              "--dataset-args", json.dumps({"meta_dir": str(work)})))
-    assert "names 4 of 6 images that do not exist" in line and "train/gone/a.JPEG" in line
+    assert f"{work / 'train.json'}: names 2 of 3 train images that do not exist" in line
+    assert "e.g. train/gone/a.JPEG, train/gone/b.JPEG" in line
 
 
 def test_class_names_disagree_with_label_idx(work, trees):

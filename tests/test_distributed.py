@@ -6,6 +6,7 @@ imports. Success is judged by what the processes wrote and printed, not by the e
 teardown can abort after the work is done (reference/environment.md §6).
 """
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from lowshot.checkpoints import load_checkpoint
 from lowshot.data.prepare import prepare_data
 from lowshot.features import FeaturesConfig, features
 
-from image_trees import folder_tree, glyph_data, tiny_train_config
+from image_trees import glyphs6, one_thread, tiny_train_config, trees  # noqa: F401
 
 TIMEOUT_S = 300
 
@@ -41,10 +42,10 @@ def torchrun(cwd, script, *args) -> str:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A working folder with an image tree, its split and shot files, a tiny config, and the 2-process outputs."""
+def project(tmp_path_factory, trees):
+    """A working folder with the folder tree's split and shot files, a tiny config, and the 2-process outputs."""
     work = tmp_path_factory.mktemp("ddp")
-    root = folder_tree(work / "tree", glyph_data(str(work / "cache")))
+    root = shutil.copytree(trees["folder"], work / "tree")
     cwd = os.getcwd()
     os.chdir(work)
     try:

@@ -6,6 +6,8 @@ from lowshot.checkpoints import load_checkpoint
 from lowshot.config import resolve_config
 from lowshot.train import TrainConfig, train
 
+from image_trees import one_thread  # noqa: F401
+
 
 def test_fp16_channels_last_run_saves_the_loss_scaler(tiny_project):
     cfg = resolve_config(TrainConfig, str(tiny_project / "train.json"), run=str(tiny_project / "fp16"), device="cpu",

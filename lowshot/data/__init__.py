@@ -91,13 +91,14 @@ class FileDataset:
     def channels(self) -> int:
         return 3  # every image is converted to RGB when read
 
-    def verify(self, source: str) -> None:
-        """Raise `InputError(source, ...)` if any listed image file is missing (how many, the first few)."""
-        names = self.train_files + self.test_files
-        missing = [n for n in names if not os.path.isfile(os.path.join(self.root, n))]
-        if missing:
-            raise InputError(source, f"names {len(missing)} of {len(names)} images that do not exist under "
-                                     f"{self.root}, e.g. {', '.join(missing[:3])}")
+    def verify(self) -> None:
+        """Raise `InputError` naming the file that lists a missing image (`meta["sources"][part]`, else the root)."""
+        for part, names in (("train", self.train_files), ("test", self.test_files)):
+            missing = [n for n in names if not os.path.isfile(os.path.join(self.root, n))]
+            if missing:
+                source = self.meta.get("sources", {}).get(part) or self.root
+                raise InputError(source, f"names {len(missing)} of {len(names)} {part} images that do not exist "
+                                         f"under {self.root}, e.g. {', '.join(missing[:3])}")
 
 
 def normalise_images(images: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,6 @@ def cub(root: str, split: str = "qi", transforms: str = "hg") -> FileDataset:
         raise InputError(os.path.join(root, "image_class_labels.txt"), f"a class id is outside 1..{len(names)}")
     order = np.lexsort((ids, labels))
     train, test = order[is_train[order]], order[~is_train[order]]
+    meta = {"root": root, "split": split, "sources": dict.fromkeys(("train", "test"), os.path.join(root, "images.txt"))}
     return FileDataset("cub", root, [paths[i] for i in train], labels[train], [paths[i] for i in test], labels[test],
-                       names, transforms, {"root": root, "split": split},
-                       qi_splits(names) if split == "qi" else None)
+                       names, transforms, meta, qi_splits(names) if split == "qi" else None)

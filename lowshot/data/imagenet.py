@@ -137,4 +137,4 @@ def imagenet(root: str, train_meta: str = "train.json", test_meta: str = "val.js
     train_labels, test_labels = (np.asarray(m["image_labels"], np.int64) for m in (train, test))
     shots = load_splitfiles(splitfiles, train_labels, names, paths[0]) if splitfiles else None
     return FileDataset("imagenet", root, list(train["image_names"]), train_labels, list(test["image_names"]),
-                       test_labels, list(names), transforms, {"root": root, "metas": paths}, splits, shots)
+                       test_labels, list(names), transforms, {"root": root, "sources": dict(zip(("train", "test"), paths))}, splits, shots)

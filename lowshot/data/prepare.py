@@ -39,7 +39,7 @@ def prepare_data(dataset: str, dataset_args: Optional[Dict[str, Any]] = None, se
     data = load_dataset(dataset, **(dataset_args or {}))
     source = data.meta.get("root")
     if hasattr(data, "verify"):
-        data.verify(source)
+        data.verify()
     splits_path = Path(splits_dir) / f"{dataset}.json"
     new_splits = force or not splits_path.exists()
     splits = load_label_splits(splits_path) if not new_splits else (
