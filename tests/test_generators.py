@@ -133,6 +133,9 @@ def test_the_fitted_classifier_needs_no_classifier_rows_and_the_representation_n
     with pytest.raises(InputError, match="has no classifier_weight") as err:
         stage.generate(config(tmp_path, classifier="representation"))
     assert "\n" not in str(err.value)
+    write_project(tmp_path)  # a linear classifier: H&G's choice, allowed
+    obj = torch.load(stage.generate(config(tmp_path, classifier="representation")), weights_only=True)
+    assert obj["classifier"]["kind"] == "representation"
     write_planted(tmp_path, cosine=True)
     with pytest.raises(InputError, match="holds a cosine classifier"):
         stage.generate(config(tmp_path, classifier="representation"))
