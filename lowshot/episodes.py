@@ -9,7 +9,12 @@ Heads with an `episode_scores(support, query, task)` method are scored on a batc
 at once; others are fitted episode by episode. Heads marked `episodic = False` (they need base
 rows) and heads whose fit raises `InputError` on an episode are skipped with a note. Heads that
 centre on the base classes (`cosine_ncm`, as SimpleShot) get the mean of the setup's base-class rows
-of train.hdf5 as `task.base_mean`.
+of train.hdf5 as `task.base_mean`. Transductive heads (class attribute `transductive = True`: they
+label an episode's queries together) are marked † in the table and `transductive` in the CSV.
+`query_dirichlet` = a > 0 unbalances the queries: an episode's ways × queries queries are split
+among its classes in proportions drawn from Dirichlet(a, …, a), as in Veilleux et al., "Realistic
+Evaluation of Transductive Few-Shot Learning", NeurIPS 2021 (a = 2 there); same classes and support
+rows as the balanced episodes of the same seed.
 """
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ class EpisodesConfig:
     seed: int = 0
     device: str = "auto"
     out_dir: Optional[str] = None  # default: <run>/episodes
+    query_dirichlet: float = 0.0  # 0: `queries` per class; a > 0: class proportions ~ Dirichlet(a)
 
 
 def draw_episodes(labels: np.ndarray, classes: np.ndarray, ways: int, shots: int, queries: int, episodes: int,
@@ -81,12 +87,51 @@ def draw_episodes(labels: np.ndarray, classes: np.ndarray, ways: int, shots: int
     return pick[..., :shots], pick[..., shots:]
 
 
+def dirichlet_counts(ways: int, total: int, cap: int, alpha: float, episodes: int, seed: int) -> torch.Tensor:
+    """Query counts (E, ways) per class, each row summing to `total`, proportions ~ Dirichlet(alpha).
+
+    Proportions × total are rounded by largest remainder; an episode in which a class would get
+    more than `cap` queries (its rows left after the support) is redrawn. Seeded by (seed, ways, total).
+    """
+    if cap * ways < total:
+        raise InputError(None, f"{total} queries in {ways} classes of at most {cap} query rows each")
+    rng = np.random.default_rng([seed, ways, total])
+    out, todo = np.zeros((episodes, ways), np.int64), np.arange(episodes)
+    while len(todo):
+        raw = rng.dirichlet(np.full(ways, alpha), len(todo)) * total
+        counts = np.floor(raw).astype(np.int64)
+        first = np.argsort(np.argsort(counts - raw, axis=1), axis=1)  # 0 = largest remainder
+        counts += first < (total - counts.sum(1))[:, None]
+        ok = (counts <= cap).all(1)
+        out[todo[ok]], todo = counts[ok], todo[~ok]
+    return torch.from_numpy(out)
+
+
+def draw_queries(cfg: EpisodesConfig, labels: np.ndarray, classes: np.ndarray, ways: int,
+                 shots: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Support (E, W, S) and query (E, W·Q) row indices, and each query's way (E, W·Q), per `cfg`."""
+    total = ways * cfg.queries
+    if cfg.query_dirichlet <= 0:
+        sup, qry = draw_episodes(labels, classes, ways, shots, cfg.queries, cfg.episodes, cfg.seed)
+        return sup, qry.flatten(1), torch.arange(ways).repeat_interleave(cfg.queries).expand(len(sup), -1)
+    rows = np.bincount(labels, minlength=int(classes.max()) + 1)[classes]
+    rows = rows[rows >= shots + cfg.queries]  # the classes draw_episodes may use
+    cap = min(total, int(rows.min()) - shots) if len(rows) else cfg.queries
+    counts = dirichlet_counts(ways, total, cap, cfg.query_dirichlet, cfg.episodes, cfg.seed)
+    sup, pool = draw_episodes(labels, classes, ways, shots, cap, cfg.episodes, cfg.seed)
+    keep = torch.arange(cap) < counts[..., None]  # (E, W, cap): the first counts[e, w] of each pool
+    ways_of = torch.arange(ways)[:, None].expand_as(pool)
+    return sup, pool[keep].reshape(len(sup), total), ways_of[keep].reshape(len(sup), total)
+
+
 def episode_accuracies(name: str, params: Dict[str, Any], support: torch.Tensor, query: torch.Tensor,
-                       task: Task) -> torch.Tensor:
-    """Accuracy (E,) of one head on episodes: support (E, W, S, d), query (E, W, Q, d)."""
+                       task: Task, truth: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Accuracy (E,) of one head on episodes: support (E, W, S, d) and query (E, W, Q, d), or query
+    (E, Q, d) with truth (E, Q), each query's way."""
     e, w, s, d = support.shape
-    truth = torch.arange(w, device=query.device).repeat_interleave(query.shape[2])
-    query = query.reshape(e, -1, d)
+    if truth is None:
+        truth = torch.arange(w, device=query.device).repeat_interleave(query.shape[2])
+        query = query.reshape(e, -1, d)
     head = HEADS.create(name, **params)
     if hasattr(head, "episode_scores"):
         scores = torch.cat([head.episode_scores(support[i:i + CHUNK], query[i:i + CHUNK], task)
@@ -135,7 +180,7 @@ def episodes(cfg: EpisodesConfig) -> str:
     rows, notes = [], {}
     for w in ways:
         for s in shots:
-            sup, qry = draw_episodes(test.labels, novel, w, s, cfg.queries, cfg.episodes, cfg.seed)
+            sup, qry, truth = draw_queries(cfg, test.labels, novel, w, s)
             support, query = feats[sup.to(device)], feats[qry.to(device)]
             task = Task(w, np.zeros(0, np.int64), np.arange(w), None, test.classifier_scale, cfg.run, cfg.seed, device,
                         base_mean=base_mean)
@@ -147,14 +192,24 @@ def episodes(cfg: EpisodesConfig) -> str:
                     continue
                 start = time.perf_counter()
                 try:
-                    acc = episode_accuracies(name, cfg.head_params.get(name, {}), support, query, task)
+                    acc = episode_accuracies(name, cfg.head_params.get(name, {}), support, query, task,
+                                             truth.to(device))
                 except InputError as err:
                     notes[name] = f"skipped: {err}"
                     continue
                 mean, half, n = mean_ci(acc.cpu().numpy())
                 rows.append({"head": name, "ways": w, "shots": s, "queries": cfg.queries, "episodes": n,
-                             "mean_acc": mean, "ci95": half, "seconds": round(time.perf_counter() - start, 3)})
+                             "mean_acc": mean, "ci95": half, "seconds": round(time.perf_counter() - start, 3),
+                             "transductive": bool(getattr(HEADS.get(name), "transductive", False)),
+                             "query_dirichlet": cfg.query_dirichlet})
     return _write(cfg, rows, notes, heads, ways, shots)
+
+
+def _query_words(cfg: EpisodesConfig) -> str:
+    """How the table's episodes spread their queries, in words."""
+    if cfg.query_dirichlet > 0:
+        return f"ways × {cfg.queries} queries, class proportions ~ Dirichlet({cfg.query_dirichlet:g})"
+    return f"{cfg.queries} queries per class"
 
 
 def _write(cfg: EpisodesConfig, rows: List[dict], notes: Dict[str, str], heads, ways, shots) -> str:
@@ -162,18 +217,20 @@ def _write(cfg: EpisodesConfig, rows: List[dict], notes: Dict[str, str], heads, 
     out = Path(cfg.out_dir) if cfg.out_dir else RunFolder(Path(cfg.run)).episodes
     with atomic_path(out / "episodes.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["head", "ways", "shots", "queries", "episodes", "mean_acc", "ci95",
-                                               "seconds"])
+                                               "seconds", "transductive", "query_dirichlet"])
         writer.writeheader()
         writer.writerows(rows)
     cell = {(r["head"], r["ways"], r["shots"]): f"{100 * r['mean_acc']:.2f} ± {100 * r['ci95']:.2f}" for r in rows}
     configs = [(w, s) for w in ways for s in shots]
     lines = ["| head | " + " | ".join(f"{w}-way {s}-shot" for w, s in configs) + " |",
              "|---|" + "---|" * len(configs)]
-    lines += [f"| {h} | " + " | ".join(cell.get((h, w, s), "–") for w, s in configs) + " |"
+    dagger = {r["head"]: " †" if r["transductive"] else "" for r in rows}
+    lines += [f"| {h}{dagger.get(h, '')} | " + " | ".join(cell.get((h, w, s), "–") for w, s in configs) + " |"
               for h in heads if h not in notes]
     lines += [""] + [f"- {h}: {why}" for h, why in notes.items()] if notes else []
     lines += ["", f"Top-1 accuracy (%) over {cfg.episodes} episodes of setup {cfg.setup}'s novel classes "
-                  f"({cfg.queries} queries per class), mean ± 95 % interval."]
+                  f"({_query_words(cfg)}), mean ± 95 % interval."]
+    lines += ["† transductive: labels an episode's queries together, using them all."] if any(dagger.values()) else []
     text = "\n".join(lines) + "\n"
     with atomic_path(out / "episodes.md") as tmp:
         tmp.write_text(text)

@@ -72,4 +72,4 @@ def head_params(tmp_path_factory):
     return params
 
 
-FAST = {"logreg": {"tol": 1e-3}}
+FAST = {"logreg": {"tol": 1e-3}, "tim": {"iterations": 20, "lr": 1e-2}, "pt_map": {"iterations": 5}}

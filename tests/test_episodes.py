@@ -11,7 +11,7 @@ from lowshot.episodes import EpisodesConfig, _load, draw_episodes, episode_accur
 from lowshot.heads import HEADS, Task
 from lowshot.io.features import FeatureSet, write_features
 from lowshot.io.splits import LabelSplits, write_label_splits
-from synthetic import one_thread  # noqa: F401 (autouse fixture)
+from synthetic import FAST, one_thread  # noqa: F401 (autouse fixture)
 
 NOVEL = np.arange(10, 30)  # setup 2's novel classes
 
@@ -55,11 +55,13 @@ def test_batched_episode_scores_equal_fit_then_scores(name):
     support, query = torch.randn(4, 5, 3, 8, generator=g), torch.randn(4, 5, 2, 8, generator=g)
     task = Task(5, np.zeros(0, np.int64), np.arange(5), None, 10.0, base_mean=torch.randn(8, generator=g))
     labels = torch.arange(5).repeat_interleave(3)
-    batched = HEADS.create(name).episode_scores(support, query.reshape(4, 10, 8), task)
+    params = FAST.get(name, {})
+    batched = HEADS.create(name, **params).episode_scores(support, query.reshape(4, 10, 8), task)
     for e in range(4):
-        looped = HEADS.create(name).fit(support[e].reshape(-1, 8), labels, task).scores(query[e].reshape(10, 8))
+        head = HEADS.create(name, **params).fit(support[e].reshape(-1, 8), labels, task)
+        looped = head.scores(query[e].reshape(10, 8))
         assert torch.allclose(batched[e], looped, atol=1e-5)
-    acc = episode_accuracies(name, {}, support, query, task)
+    acc = episode_accuracies(name, params, support, query, task)
     assert acc.shape == (4,)
 
 

@@ -100,3 +100,106 @@ def fingerprint(*tensors: torch.Tensor) -> tuple:
 def chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rows: int = 4096) -> torch.Tensor:
     """fn applied to x in chunks of `rows` rows (bounds the memory of (N, K) distance matrices)."""
     return torch.cat([fn(x[i:i + rows]) for i in range(0, len(x), rows)]) if len(x) else fn(x)
+
+
+# --- shared by the transductive episode heads (bd_cspn, laplacian_shot, tim, pt_map, transductive_ft) ---
+
+FEATURES = ("l2", "cl2n", "power", "none")
+
+
+def base_centre(rows: torch.Tensor, labels, task, head: str, hint: str = "choose another feature preprocessing"
+                ) -> torch.Tensor:
+    """SimpleShot's centre (E, d) of E training sets rows (E, N, d): the mean of their base rows.
+
+    With labels (N,) holding base classes (a benchmark cell) it is the mean of those rows; with
+    labels None (an episode: no base rows) it is `task.base_mean`, or an `InputError` ending in `hint`.
+    """
+    is_base = split_base(labels, task)[1] if labels is not None else None
+    if is_base is not None and is_base.any():
+        return rows[:, is_base].mean(1)
+    if task.base_mean is None:
+        raise InputError(None, f"head '{head}' centres on the base classes' mean train feature and has none here "
+                               f"(episodes read it from the run's train.hdf5); {hint}")
+    return task.base_mean.to(rows).expand(rows.shape[0], -1)
+
+
+def power_transform(x: torch.Tensor, beta: float = 0.5, eps: float = 1e-6) -> torch.Tensor:
+    """PT-MAP's (x + ε)^β, elementwise; negative entries (features that are not ReLU outputs) get −(−x + ε)^β."""
+    return torch.where(x >= 0, (x + eps).pow(beta), -(eps - x).pow(beta))
+
+
+def preprocess(x: torch.Tensor, how: str, centre=None, beta: float = 0.5) -> torch.Tensor:
+    """Features (..., d) prepared as a paper prescribes.
+
+    `l2`: unit rows; `cl2n`: minus `centre` (broadcastable to x, the base mean), then unit rows
+    (SimpleShot); `power`: `power_transform` with exponent β, then unit rows (PT-MAP); `none`: as is.
+    """
+    if how not in FEATURES:
+        raise InputError(None, f"unknown feature preprocessing {how!r}; choose one of: {', '.join(FEATURES)}")
+    if how == "none":
+        return x
+    if how == "power":
+        return l2_normalise(power_transform(x, beta))
+    return l2_normalise(x - centre if how == "cl2n" else x)
+
+
+def one_hot_means(rows: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Class means (E, k, d) of E sets rows (E, N, d) sharing labels (N,) in 0..k−1."""
+    onehot = F.one_hot(labels, k).to(rows)
+    return (onehot / onehot.sum(0)).t() @ rows
+
+
+def rectify_prototypes(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, k: int,
+                       eps: float = 10.0) -> torch.Tensor:
+    """BD-CSPN's rectified prototypes (E, k, d) (Liu, Song & Qin, ECCV 2020, arXiv 1911.10713).
+
+    Queries (E, Q, d) are shifted by mean(support) − mean(query) (bias diminishing), labelled by
+    their nearest support mean (cosine), and each prototype is the sum of its class's support rows
+    (E, N, d; labels (N,)) and pseudo-labelled queries weighted by softmax(ε · cos to the mean) over them.
+    """
+    means = one_hot_means(support, labels, k)
+    shifted = query + support.mean(1, keepdim=True) - query.mean(1, keepdim=True)
+    rows = torch.cat([support, shifted], 1)
+    cos = l2_normalise(rows) @ l2_normalise(means).transpose(1, 2)  # (E, N + Q, k)
+    member = torch.cat([F.one_hot(labels, k).to(rows).expand(len(rows), -1, -1),
+                        F.one_hot(cos[:, len(labels):].argmax(-1), k).to(rows)], 1)
+    weight = torch.exp(eps * cos) * member
+    return (weight / weight.sum(1, keepdim=True)).transpose(1, 2) @ rows
+
+
+def sinkhorn(kernel: torch.Tensor, col_mass: float, tol: float = 1e-6, max_iter: int = 1000) -> torch.Tensor:
+    """Scale kernel (E, Q, K) to rows summing to 1 and columns to `col_mass` (Sinkhorn-Knopp).
+
+    Each of the E problems stops on its own once its row sums move by less than `tol` in an
+    iteration (then it is frozen), so a batch gives the same plans as one problem at a time.
+    """
+    plan = kernel / kernel.sum((1, 2), keepdim=True)
+    done = torch.zeros(len(plan), 1, 1, dtype=torch.bool, device=plan.device)
+    for _ in range(max_iter):
+        rows = plan.sum(2, keepdim=True)
+        step = plan / (rows + 1e-10)
+        step = step * (col_mass / (step.sum(1, keepdim=True) + 1e-10))
+        moved = (rows - step.sum(2, keepdim=True)).abs().amax(1, keepdim=True)
+        plan, done = torch.where(done, plan, step), done | (moved < tol)
+        if done.all():
+            break
+    return plan
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (...) of distributions p (..., K) along the last axis, in nats."""
+    return -(p * torch.log(p + 1e-12)).sum(-1)
+
+
+def adam_minimise(params, loss: Callable[[], torch.Tensor], steps: int, lr: float) -> None:
+    """`steps` full-batch Adam steps on `params` (leaf tensors with requires_grad) minimising loss().
+
+    Adam acts elementwise, so with a loss summed over E episodes each episode's parameters follow
+    exactly the path they would alone.
+    """
+    opt = torch.optim.Adam(params, lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            loss().backward()
+            opt.step()

@@ -5,7 +5,7 @@ import torch
 
 from lowshot.errors import InputError
 from lowshot.heads import HEADS, Head, Task
-from lowshot.heads._common import class_means, l2_normalise, mask_absent, split_base
+from lowshot.heads._common import base_centre, class_means, l2_normalise, mask_absent
 
 CENTRES = ("base", "support", "none")
 
@@ -58,10 +58,4 @@ class CosineNCM(Head):
             return rows.new_zeros(rows.shape[0], rows.shape[2])
         if self.centre == "support":
             return rows.mean(1)
-        is_base = split_base(labels, task)[1] if labels is not None else None
-        if is_base is not None and is_base.any():
-            return rows[:, is_base].mean(1)
-        if task.base_mean is None:
-            raise InputError(None, "head 'cosine_ncm' centres on the base classes' mean train feature and has "
-                                   "none here (episodes read it from the run's train.hdf5); or set centre='support'")
-        return task.base_mean.to(rows).expand(rows.shape[0], -1)
+        return base_centre(rows, labels, task, "cosine_ncm", "or set centre='support'")

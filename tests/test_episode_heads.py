@@ -1,0 +1,149 @@
+"""Transductive episode heads (bd_cspn, laplacian_shot, tim, pt_map, transductive_ft) against hand
+computations, and the unbalanced-query episodes that measure their balance assumption."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lowshot.episodes import EpisodesConfig, dirichlet_counts, draw_queries, episodes
+from lowshot.errors import InputError
+from lowshot.heads import HEADS, Task
+from lowshot.heads._common import power_transform, preprocess, sinkhorn
+from synthetic import one_thread  # noqa: F401 (autouse fixture)
+from test_episodes import NOVEL, run  # noqa: F401 (fixture)
+
+TRANSDUCTIVE = ["bd_cspn", "laplacian_shot", "pt_map", "tim", "transductive_ft"]
+
+
+def episode(e: int = 3, w: int = 4, s: int = 2, q: int = 6, d: int = 8, seed: int = 0):
+    """E episodes of non-negative features: support (E, W, S, d), query (E, W·Q, d), and a Task."""
+    g = torch.Generator().manual_seed(seed)
+    mu = 3 * torch.rand(e, w, 1, d, generator=g)
+    support = (mu + 0.3 * torch.randn(e, w, s, d, generator=g)).abs()
+    query = (mu + 0.3 * torch.randn(e, w, q, d, generator=g)).abs().reshape(e, w * q, d)
+    return support, query, Task(w, np.zeros(0, np.int64), np.arange(w), base_mean=torch.rand(d, generator=g))
+
+
+def test_sinkhorn_plans_have_the_asked_marginals():
+    kernel = torch.rand(3, 12, 4, generator=torch.Generator().manual_seed(0)) + 0.01
+    plan = sinkhorn(kernel, 3.0)
+    assert torch.allclose(plan.sum(2), torch.ones(3, 12), atol=1e-4)
+    assert torch.allclose(plan.sum(1), torch.full((3, 4), 3.0), atol=1e-4)
+    one = sinkhorn(kernel[1:2], 3.0)  # a problem alone stops where it stops in the batch
+    assert torch.equal(one[0], plan[1])
+
+
+def test_pt_map_soft_labels_are_balanced_plans():
+    support, query, task = episode()
+    plan = HEADS.create("pt_map").episode_scores(support, query, task)
+    assert torch.allclose(plan.sum(2), torch.ones(3, 24), atol=1e-4)
+    assert torch.allclose(plan.sum(1), torch.full((3, 4), 6.0), atol=1e-3)
+
+
+def test_power_features_are_the_papers_transform():
+    x = torch.tensor([[0.0, 4.0, 9.0]])
+    root = torch.tensor([[1e-3, 2.0, 3.0]])
+    assert torch.allclose(power_transform(x), root, atol=1e-6)
+    assert torch.allclose(preprocess(x, "power"), F.normalize(root, dim=1), atol=1e-6)
+    assert torch.allclose(power_transform(-x[:, 1:]), -root[:, 1:], atol=1e-6)  # odd extension, non-ReLU features
+
+
+def test_bd_cspn_rectified_prototype_by_hand():
+    s = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # one shot of each of 2 classes
+    q = torch.tensor([[[2.0, 1.0], [1.0, 3.0], [3.0, 0.0]]])
+    head = HEADS.create("bd_cspn", features="none")
+    got = head.episode_scores(s[:, :, None], q, Task(2, np.zeros(0, np.int64), np.arange(2)))
+    shifted = q[0] + s[0].mean(0) - q[0].mean(0)  # shift = (0.5, 0.5) − (2, 4/3)
+    protos = []
+    for c in range(2):
+        cos = lambda x: float(F.cosine_similarity(x, s[0, c], dim=0))  # noqa: E731
+        mine = [s[0, c]] + [x for x in shifted if max(range(2), key=lambda k: F.cosine_similarity(x, s[0, k], 0)) == c]
+        w = torch.tensor([np.exp(10 * cos(x)) for x in mine])
+        protos.append(sum(wi * x for wi, x in zip(w / w.sum(), mine)))
+    expected = F.normalize(q[0], dim=1) @ F.normalize(torch.stack(protos), dim=1).t()
+    assert torch.allclose(got[0], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("rectify", [False, True])
+def test_laplacian_shot_without_the_laplacian_is_the_nearest_prototype(rectify):
+    support, query, task = episode()
+    lap = HEADS.create("laplacian_shot", lam=0.0, rectify=rectify).episode_scores(support, query, task)
+    bd = HEADS.create("bd_cspn", features="cl2n").episode_scores(support, query, task)
+    z = F.normalize(query - task.base_mean, dim=-1)
+    means = F.normalize(support - task.base_mean, dim=-1).mean(2)
+    nearest = bd.argmax(-1) if rectify else torch.cdist(z, means).argmin(-1)
+    assert torch.equal(lap.argmax(-1), nearest)
+    if not rectify:
+        assert torch.allclose(lap, torch.softmax(-torch.cdist(z, means) ** 2, -1), atol=1e-5)
+
+
+def test_laplacian_term_pulls_a_query_to_its_neighbours_class():
+    s = torch.tensor([[[[0.0, 0.0]], [[4.0, 0.0]]]])  # class means at x = 0 and x = 4
+    q = torch.tensor([[[1.9, 0.0], [3.0, 0.0], [3.2, 0.0], [0.0, 0.2], [0.2, 0.0]]])
+    task = Task(2, np.zeros(0, np.int64), np.arange(2))
+    alone = HEADS.create("laplacian_shot", lam=0.0, knn=2, rectify=False, features="none")
+    joint = HEADS.create("laplacian_shot", lam=3.0, knn=2, rectify=False, features="none")
+    assert alone.episode_scores(s, q, task)[0, 0].argmax() == 0  # nearer the mean at 0 ...
+    assert joint.episode_scores(s, q, task)[0, 0].argmax() == 1  # ... but its neighbours are class 1
+
+
+def test_tim_without_iterations_is_the_support_initialised_classifier():
+    support, query, task = episode()
+    got = HEADS.create("tim", iterations=0).episode_scores(support, query, task)
+    z, means = F.normalize(query, dim=-1), F.normalize(support, dim=-1).mean(2)
+    assert torch.allclose(got, -7.5 * torch.cdist(z, means) ** 2, atol=1e-4)
+    ft = HEADS.create("transductive_ft", iterations=0).episode_scores(support, query, task)
+    assert torch.allclose(ft, z @ F.normalize(means, dim=-1).transpose(1, 2), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tim", "transductive_ft"])
+def test_fine_tuning_lowers_the_query_entropy(name):
+    support, query, task = episode(seed=1)
+    params = {"tim": {"iterations": 30, "lr": 1e-2}, "transductive_ft": {"iterations": 30, "lr": 1e-2}}[name]
+    before = HEADS.create(name, iterations=0).episode_scores(support, query, task)
+    after = HEADS.create(name, **params).episode_scores(support, query, task)
+    ent = lambda s: -(s.softmax(-1) * s.log_softmax(-1)).sum(-1).mean()  # noqa: E731
+    assert ent(after) < ent(before)
+
+
+@pytest.mark.parametrize("name", ["laplacian_shot"])
+def test_centring_on_the_base_mean_needs_one(name):
+    support, query, task = episode()
+    task.base_mean = None
+    with pytest.raises(InputError, match="train.hdf5"):
+        HEADS.create(name).episode_scores(support, query, task)
+    HEADS.create(name, features="l2").episode_scores(support, query, task)
+
+
+def test_dirichlet_counts_sum_respect_the_cap_and_vary():
+    counts = dirichlet_counts(5, 75, 40, 2.0, 200, seed=3)
+    assert counts.shape == (200, 5) and (counts.sum(1) == 75).all() and (counts <= 40).all()
+    assert counts.float().std(1, unbiased=False).mean() > 5  # far from 15 each
+    assert torch.equal(counts, dirichlet_counts(5, 75, 40, 2.0, 200, seed=3))
+    with pytest.raises(InputError):
+        dirichlet_counts(5, 75, 10, 2.0, 3, seed=0)
+
+
+def test_unbalanced_queries_keep_the_support_and_label_each_query(run):  # noqa: F811
+    labels = np.repeat(np.arange(40), 40)
+    cfg = EpisodesConfig(queries=7, episodes=30, query_dirichlet=1.0)
+    sup, qry, truth = draw_queries(cfg, labels, NOVEL, 5, 3)
+    assert qry.shape == truth.shape == (30, 35)
+    assert torch.equal(torch.as_tensor(labels)[qry], torch.as_tensor(labels)[sup[:, :, 0]].gather(1, truth))
+    bal = draw_queries(EpisodesConfig(queries=7, episodes=30), labels, NOVEL, 5, 3)
+    assert torch.equal(sup, bal[0]) and not torch.equal(truth, bal[2])
+    assert len(set(qry[0].tolist()) | set(sup[0].flatten().tolist())) == 35 + 15  # disjoint rows
+
+
+def test_transductive_rows_are_marked(run):  # noqa: F811
+    cfg = EpisodesConfig(run=str(run), splits=str(run / "splits.json"), out_dir=str(run / "ep_t"), device="cpu",
+                         heads=["protonet", "bd_cspn"], ways=[5], shots=[1], episodes=20, query_dirichlet=2.0)
+    text = episodes(cfg)
+    assert "| bd_cspn † |" in text and "| protonet |" in text and "Dirichlet(2)" in text
+    with open(run / "ep_t" / "episodes.csv") as f:
+        marks = {r["head"]: r["transductive"] for r in csv.DictReader(f)}
+    assert marks == {"protonet": "False", "bd_cspn": "True"}
