@@ -170,18 +170,20 @@ def rectify_prototypes(support: torch.Tensor, labels: torch.Tensor, query: torch
 def sinkhorn(kernel: torch.Tensor, col_mass: float, tol: float = 1e-6, max_iter: int = 1000) -> torch.Tensor:
     """Scale kernel (E, Q, K) to rows summing to 1 and columns to `col_mass` (Sinkhorn-Knopp).
 
-    Each of the E problems stops on its own once its row sums move by less than `tol` in an
-    iteration (then it is frozen), so a batch gives the same plans as one problem at a time.
+    Each of the E problems stops on its own, after the first scaling that moves its row sums by
+    less than `tol`; later iterations compute only the problems still running. A batch thus gives
+    the same plans as one problem at a time, at the cost of its slowest problem's iterations.
     """
     plan = kernel / kernel.sum((1, 2), keepdim=True)
-    done = torch.zeros(len(plan), 1, 1, dtype=torch.bool, device=plan.device)
+    active = torch.arange(len(plan), device=plan.device)
     for _ in range(max_iter):
-        rows = plan.sum(2, keepdim=True)
-        step = plan / (rows + 1e-10)
+        now = plan[active]
+        rows = now.sum(2, keepdim=True)
+        step = now / (rows + 1e-10)
         step = step * (col_mass / (step.sum(1, keepdim=True) + 1e-10))
-        moved = (rows - step.sum(2, keepdim=True)).abs().amax(1, keepdim=True)
-        plan, done = torch.where(done, plan, step), done | (moved < tol)
-        if done.all():
+        plan[active] = step
+        active = active[(rows - step.sum(2, keepdim=True)).abs().amax((1, 2)) >= tol]
+        if not len(active):
             break
     return plan
 
