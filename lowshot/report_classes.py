@@ -128,7 +128,7 @@ def plot_hardest(hard: pd.DataFrame, path: Path) -> None:
         for j, m in enumerate(methods):
             g = hard[(hard["n"] == n) & (hard["method"] == m)]
             ax.errorbar(g["top1"], [y[c] + 0.15 * (j - (len(methods) - 1) / 2) for c in g["class_name"]],
-                        xerr=g["ci95"].fillna(0), fmt="o", ms=3, color=plt.cm.tab20(j % 20), label=m)
+                        xerr=g["ci95"].fillna(0), fmt="o", ms=3, color=plt.cm.tab10(j % 10), label=m)
         ax.set(xlim=(-2, 102), title=f"n={n}", xlabel="top-1 (%)")
         ax.grid(alpha=0.3)
     axes[0][0].set_yticks(range(len(order)), [name[:32] for name in order], fontsize=6)
