@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from lowshot.backbones import build_model
-from lowshot.data import load_dataset
+from lowshot.data import DATASETS
 from lowshot.data.feeds import FeedOptions, MemoryFeed, StreamFeed
 from lowshot.distributed import Dist
 from lowshot.precision import grad_scaler
@@ -71,7 +71,7 @@ def main():
         write_jpegs(Path(tmp), args.classes, args.per_class)
         print(f"wrote {args.classes * args.per_class} JPEGs in {time.perf_counter() - t:.1f} s")
         opts = FeedOptions(device, Dist(), args.workers, args.channels_last)
-        data = load_dataset("folder", root=tmp)
+        data = DATASETS.create("folder", root=tmp)
         stream = StreamFeed(data, data.train_files, data.train_labels, opts)
         memory = memory_copy(stream)
         model = build_model(args.backbone, "linear", args.classes, 3, args.width, "imagenet").to(device)

@@ -21,7 +21,7 @@ from torch import nn
 
 from lowshot.backbones import Model
 from lowshot.backbones.external import build_external
-from lowshot.data import load_dataset
+from lowshot.data import DATASETS
 from lowshot.data.feeds import FeedOptions, make_feed
 from lowshot.io.atomic import atomic_path
 from lowshot.io.splits import load_label_splits
@@ -58,7 +58,7 @@ def main() -> None:
     p.add_argument("--out", required=True, help="a .safetensors file")
     args = p.parse_args()
     torch.manual_seed(args.seed)
-    data = load_dataset("glyphs")
+    data = DATASETS.create("glyphs")
     base = load_label_splits("label_splits/glyphs.json").base_classes
     feed = make_feed(data, "train", np.isin(data.train_labels, base), FeedOptions(seed=args.seed))
     trunk = build_external(args.model, None, True, json.loads(args.preprocess), from_memory=True)

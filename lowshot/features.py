@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -22,11 +22,12 @@ from lowshot import distributed
 from lowshot.backbones import Model
 from lowshot.backbones.external import build_external, check_source
 from lowshot.checkpoints import load_checkpoint, model_from_config
-from lowshot.data import ImageDataset, load_dataset
+from lowshot.data import DATASETS, ImageDataset
 from lowshot.data.feeds import FeedOptions, make_feed
 from lowshot.io.features import FeatureSet, write_features
 from lowshot.io.fingerprint import file_digest
 from lowshot.precision import autocast
+from lowshot.run import RunFolder
 
 
 @dataclass
@@ -109,13 +110,18 @@ def _write_splits(model, data, opts: FeedOptions, cfg: FeaturesConfig, paths: Di
     distributed.barrier(ctx)
 
 
+def _output_paths(cfg: FeaturesConfig) -> Tuple[Path, Dict[str, Path]]:
+    """The output folder (`--out-dir`, else the run's features folder) and its train/test files."""
+    out = Path(cfg.out_dir or RunFolder(Path(cfg.run)).features)
+    return out, {split: out / f"{split}.hdf5" for split in ("train", "test")}
+
+
 def features(cfg: FeaturesConfig) -> Dict[str, Path]:
     """Write `<out>/train.hdf5` and `<out>/test.hdf5`; skip files made from the same checkpoint."""
     if cfg.backbone:
         return external_features(cfg)
-    ckpt_path = Path(cfg.checkpoint or Path(cfg.run) / "checkpoints" / "last.pt")
-    out = Path(cfg.out_dir or Path(cfg.run) / "features")
-    paths = {split: out / f"{split}.hdf5" for split in ("train", "test")}
+    ckpt_path = Path(cfg.checkpoint or RunFolder(Path(cfg.run)).last_checkpoint)
+    out, paths = _output_paths(cfg)
     digest = file_digest(ckpt_path) if ckpt_path.exists() else ""
     ckpt = load_checkpoint(ckpt_path)
     if not cfg.force and all(_is_current(p, digest) for p in paths.values()):
@@ -123,7 +129,7 @@ def features(cfg: FeaturesConfig) -> Dict[str, Path]:
         return paths
     tcfg = ckpt["config"]
     ctx, device = distributed.setup(cfg.device)
-    data = load_dataset(tcfg["dataset"], **tcfg["dataset_args"])
+    data = DATASETS.create(tcfg["dataset"], **tcfg["dataset_args"])
     model = _load_model(ckpt, data, device)
     opts = FeedOptions(device, ctx, cfg.workers, tcfg.get("channels_last", False), False, tcfg.get("transforms"),
                        tcfg.get("image_size"), tcfg["seed"])
@@ -144,8 +150,7 @@ def external_features(cfg: FeaturesConfig) -> Dict[str, Path]:
     overrides, seed, data set), so an unchanged extraction is skipped.
     """
     check_source(cfg.backbone, cfg.weights, cfg.random_init)
-    out = Path(cfg.out_dir or Path(cfg.run) / "features")
-    paths = {split: out / f"{split}.hdf5" for split in ("train", "test")}
+    out, paths = _output_paths(cfg)
     sha256 = file_digest(cfg.weights, "sha256", 64) if cfg.weights else "random-init"
     inputs = {"model": cfg.backbone, "weights_sha256": sha256, "preprocess": cfg.preprocess,
               "seed": cfg.seed if cfg.random_init else None, "dataset": cfg.dataset, "dataset_args": cfg.dataset_args}
@@ -154,7 +159,7 @@ def external_features(cfg: FeaturesConfig) -> Dict[str, Path]:
         print(f"features in {out} are up to date with {cfg.backbone} ({sha256[:12]})")
         return paths
     ctx, device = distributed.setup(cfg.device)
-    data = load_dataset(cfg.dataset, **cfg.dataset_args)
+    data = DATASETS.create(cfg.dataset, **cfg.dataset_args)
     torch.manual_seed(cfg.seed)  # the same random initialisation in every process
     trunk = build_external(cfg.backbone, cfg.weights, cfg.random_init, cfg.preprocess, isinstance(data, ImageDataset))
     prep = trunk.preprocessing

@@ -150,7 +150,7 @@ def command(cfg: SlurmConfig, stage: str) -> str:
     """The shell command of one stage's job (the benchmark's reads its task's heads and experiment)."""
     py, run = shlex.quote(cfg.python), shlex.quote(cfg.run)
     if stage == "train" and cfg.torchrun:
-        line = f"{py} -m torch.distributed.run --standalone --nproc-per-node {cfg.torchrun} -m lowshot train --run {run}"
+        line = f"{py} -m torch.distributed.run --standalone --nproc-per-node {cfg.torchrun} -m lowshot -- train --run {run}"
     elif stage == "benchmark":
         line = (f'{py} -m lowshot benchmark --run {run} --heads "${{HEADS[$SLURM_ARRAY_TASK_ID]}}" '
                 f'--expid "${{EXPIDS[$SLURM_ARRAY_TASK_ID]}}"')

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from lowshot import distributed
 from lowshot.backbones import Model
 from lowshot.checkpoints import load_checkpoint, model_from_config, save_checkpoint
-from lowshot.data import load_dataset
+from lowshot.data import DATASETS
 from lowshot.data.feeds import FeedOptions, make_feed, timed
 from lowshot.errors import InputError
 from lowshot.io.atomic import write_json
@@ -145,7 +145,7 @@ def evaluate(model: Model, feed, cfg: TrainConfig, ctx: distributed.Dist, device
 
 def build_feeds(cfg: TrainConfig, ctx: distributed.Dist, device: torch.device):
     """(data set, label splits, train feed, validation feed) of the base classes."""
-    data = load_dataset(cfg.dataset, **cfg.dataset_args)
+    data = DATASETS.create(cfg.dataset, **cfg.dataset_args)
     splits = load_label_splits(splits_path(cfg.dataset, cfg.splits))
     opts = FeedOptions(device, ctx, cfg.workers, cfg.channels_last, cfg.augment, cfg.transforms, cfg.image_size, cfg.seed)
     base = np.asarray(splits.base_classes, np.int64)

@@ -16,8 +16,8 @@ WNIDS = ["n0300", "n0100", "n0500", "n0200", "n0600", "n0400"]  # label order is
 
 
 def glyph_data(cache_dir):
-    from lowshot.data import load_dataset
-    return load_dataset("glyphs", **GLYPHS, cache_dir=cache_dir)
+    from lowshot.data import DATASETS
+    return DATASETS.create("glyphs", **GLYPHS, cache_dir=cache_dir)
 
 
 def _rgb(image: np.ndarray, k: int) -> Image.Image:

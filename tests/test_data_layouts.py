@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from lowshot.cli import main
-from lowshot.data import load_dataset
+from lowshot.data import DATASETS
 from lowshot.data.cifar100 import PlainUnpickler
 from lowshot.io.splits import make_label_splits
 
@@ -49,7 +49,7 @@ def test_imagenet_meta_built_in_hg_order_and_splitfiles_adopted(work, trees, gly
     hg = json.loads((root / "hg" / "splitfile_3.json").read_text())
     assert json.loads(Path("experiment_cfgs/imagenet/splitfile_3.json").read_text()) == hg
     assert json.loads(Path("label_splits/imagenet.json").read_text())["novel_classes_2"] == [4, 5]
-    data = load_dataset("imagenet", root=str(root), **args)
+    data = DATASETS.create("imagenet", root=str(root), **args)
     assert len(data.test_files) == 24 and data.test_files[0].startswith(f"val/{WNIDS[0]}/ILSVRC2012_val_")
 
 
@@ -65,15 +65,15 @@ def test_imagenet_tree_that_does_not_match_the_splitfiles(work, trees, tmp_path)
 
 
 def test_folder_cub_and_cifar_orders(trees, glyphs6):
-    f = load_dataset("folder", root=str(trees["folder"]))
+    f = DATASETS.create("folder", root=str(trees["folder"]))
     assert f.label_names == [f"class_{c}" for c in range(6)] and len(f.train_files) == 132
     np.testing.assert_array_equal(f.train_labels, glyphs6.train_labels)
-    held = load_dataset("folder", root=str(trees["folder"]), test="none", test_fraction=0.25)
+    held = DATASETS.create("folder", root=str(trees["folder"]), test="none", test_fraction=0.25)
     assert len(held.test_files) == 6 * 6 and not set(held.test_files) & set(held.train_files)
-    c = load_dataset("cub", root=str(trees["cub"]))
+    c = DATASETS.create("cub", root=str(trees["cub"]))
     assert c.default_splits.base_classes_2 == [0, 1, 2] and c.default_splits.novel_classes_2 == [3, 4, 5]
     assert len(c.train_files) == 132 and c.train_files[0].startswith("images/001.Bird_0/")
-    binary, python = (load_dataset("cifar100", root=str(trees["cifar100"] / v))
+    binary, python = (DATASETS.create("cifar100", root=str(trees["cifar100"] / v))
                       for v in ("cifar-100-binary", "cifar-100-python"))
     np.testing.assert_array_equal(binary.train_images, python.train_images)
     np.testing.assert_array_equal(binary.train_labels, glyphs6.train_labels)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import lowshot.data.glyphs as G
-from lowshot.data import load_dataset
+from lowshot.data import DATASETS
 
 SMALL = dict(num_classes=12, images_per_class=10, test_per_class=4)
 
@@ -32,7 +32,7 @@ def test_shapes_dtypes_and_label_layout(small):
 
 
 def test_registry_and_easy_variant(cache):
-    ds = load_dataset("glyphs", **SMALL, variant="easy", cache_dir=cache)
+    ds = DATASETS.create("glyphs", **SMALL, variant="easy", cache_dir=cache)
     assert ds.train_images.shape == (72, 1, 32, 32) and ds.meta["variant"] == "easy"
 
 

@@ -41,7 +41,7 @@ def test_array_by_experiment_and_head():
     jobs = {j.stage: j for j in build_jobs(cfg)}
     assert "#SBATCH --array=0-3\nHEADS=(logreg logreg imprint imprint)\nEXPIDS=(1 3 1 3)" in jobs["benchmark"].text
     assert jobs["benchmark"].after == ("features",)
-    assert "torch.distributed.run --standalone --nproc-per-node 4 -m lowshot train --run runs/x" in jobs["train"].text
+    assert "torch.distributed.run --standalone --nproc-per-node 4 -m lowshot -- train --run runs/x" in jobs["train"].text
 
 
 @pytest.mark.parametrize("limit", ["30", "30:00", "12:30:00", "2-12", "2-12:30", "2-00:00:00", "UNLIMITED"])

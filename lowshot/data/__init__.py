@@ -19,7 +19,6 @@ from lowshot.io.splits import LabelSplits
 from lowshot.registry import Registry
 
 DATASETS = Registry("dataset")
-register_dataset = DATASETS.register
 
 
 @dataclass
@@ -104,11 +103,6 @@ class FileDataset:
 def normalise_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (B, C, H, W) -> float in [-1, 1], the input every in-memory backbone is trained on."""
     return images.float().div_(127.5).sub_(1.0)
-
-
-def load_dataset(name: str, **kwargs: Any):
-    """Build the named data set (`ImageDataset` or `FileDataset`); kwargs that are None take the loader's defaults."""
-    return DATASETS.create(name, **kwargs)
 
 
 from lowshot.data import cifar100, cub, folder, glyphs, imagenet  # noqa: E402,F401  (register the loaders)

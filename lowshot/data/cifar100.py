@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from lowshot.data import ImageDataset, register_dataset
+from lowshot.data import DATASETS, ImageDataset
 from lowshot.data.files import require_dir
 from lowshot.errors import InputError
 
@@ -91,7 +91,7 @@ def _locate(root: str) -> Tuple[str, bool]:
     raise InputError(root, "no CIFAR-100 copy here: expected cifar-100-binary/train.bin or cifar-100-python/train")
 
 
-@register_dataset("cifar100")
+@DATASETS.register("cifar100")
 def cifar100(root: str) -> ImageDataset:
     """CIFAR-100 (fine labels) from a local copy; see the module docstring."""
     folder, binary = _locate(require_dir(root))

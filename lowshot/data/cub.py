@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from lowshot.data import FileDataset, register_dataset
+from lowshot.data import DATASETS, FileDataset
 from lowshot.data.files import read_table, require_dir
 from lowshot.errors import InputError
 from lowshot.io.splits import LabelSplits
@@ -40,7 +40,7 @@ def qi_splits(label_names) -> LabelSplits:
     return LabelSplits(list(label_names), [], list(range(half)), [], list(range(half, len(label_names))))
 
 
-@register_dataset("cub")
+@DATASETS.register("cub")
 def cub(root: str, split: str = "qi", transforms: str = "hg") -> FileDataset:
     """CUB-200-2011 from `root` (the `CUB_200_2011` folder); see the module docstring."""
     require_dir(root)

@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from lowshot.data import FileDataset, register_dataset
+from lowshot.data import DATASETS, FileDataset
 from lowshot.data.files import class_tree, require_dir, subfolders
 from lowshot.errors import InputError
 
@@ -26,7 +26,7 @@ def hold_out(names: List[str], labels: np.ndarray, fraction: float, seed: int) -
     return ~test, test
 
 
-@register_dataset("folder")
+@DATASETS.register("folder")
 def folder(root: str, train: str = "train", test: str = "test", test_fraction: Optional[float] = None,
            seed: int = 0, transforms: str = "hg") -> FileDataset:
     """An image tree; see the module docstring.

@@ -30,7 +30,7 @@ import PIL
 from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps, features
 
-from lowshot.data import ImageDataset, register_dataset
+from lowshot.data import DATASETS, ImageDataset
 from lowshot.errors import InputError
 from lowshot.io.atomic import atomic_path
 
@@ -272,7 +272,7 @@ def _check(num_classes: int, images_per_class: int, test_per_class: int, variant
                          f"got {num_classes}, {test_per_class}, {images_per_class}")
 
 
-@register_dataset("glyphs")
+@DATASETS.register("glyphs")
 def glyphs(num_classes: int = 400, images_per_class: int = 120, test_per_class: int = 50,
            variant: str = "hard", seed: int = 0, cache_dir: Optional[str] = None) -> ImageDataset:
     """Rendered letters, generated on first use and cached (see the module docstring).

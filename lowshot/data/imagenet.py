@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from lowshot.data import FileDataset, register_dataset
+from lowshot.data import DATASETS, FileDataset
 from lowshot.data.files import class_blocks, class_tree, require_dir, subfolders
 from lowshot.errors import InputError
 from lowshot.io.atomic import atomic_path
@@ -114,7 +114,7 @@ def _read_rows(path: str, num_classes: int) -> np.ndarray:
     return rows[:, :SHOTS_PER_CLASS]
 
 
-@register_dataset("imagenet")
+@DATASETS.register("imagenet")
 def imagenet(root: str, train_meta: str = "train.json", test_meta: str = "val.json", label_idx: Optional[str] = None,
              splitfiles: Optional[str] = None, meta_dir: Optional[str] = None, transforms: str = "hg") -> FileDataset:
     """ImageNet from H&G meta files (built from the tree when missing); see the module docstring.

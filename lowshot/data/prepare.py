@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from lowshot.data import load_dataset
+from lowshot.data import DATASETS
 from lowshot.errors import InputError
 from lowshot.io.splits import (SHOTS_PER_CLASS, LabelSplits, load_label_splits, make_label_splits, make_shots,
                                write_label_splits, write_shots)
@@ -36,7 +36,7 @@ def prepare_data(dataset: str, dataset_args: Optional[Dict[str, Any]] = None, se
                  splits_dir: str = "label_splits", shots_root: str = "experiment_cfgs",
                  force: bool = False) -> List[Path]:
     """Load the data set (checking that its files exist), then write missing split and shot files."""
-    data = load_dataset(dataset, **(dataset_args or {}))
+    data = DATASETS.create(dataset, **(dataset_args or {}))
     source = data.meta.get("root")
     if hasattr(data, "verify"):
         data.verify()

@@ -22,8 +22,4 @@ class GeneratorPlugin:
     generate: Callable[..., Any]
 
 
-def register_generator(name: str, init: Callable, generate: Callable) -> None:
-    GENERATORS.register(name)(GeneratorPlugin(init, generate))
-
-
 from lowshot.generators import analogies, jitter  # noqa: E402,F401

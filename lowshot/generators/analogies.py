@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lowshot.errors import InputError
-from lowshot.generators import register_generator
+from lowshot.generators import GENERATORS, GeneratorPlugin
 from lowshot.generators._common import plan_new_rows
 
 HIDDEN = 512
@@ -121,4 +121,4 @@ def generate(feats: torch.Tensor, labels: torch.Tensor, state: AnalogyState, max
     return torch.cat([feats, *new]), torch.cat([labels, new_labels])
 
 
-register_generator("analogies", init, generate)
+GENERATORS.register("analogies")(GeneratorPlugin(init, generate))

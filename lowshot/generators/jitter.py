@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lowshot.errors import InputError
-from lowshot.generators import register_generator
+from lowshot.generators import GENERATORS, GeneratorPlugin
 from lowshot.generators._common import plan_new_rows
 from lowshot.io.splits import load_label_splits
 from lowshot.run import splits_path
@@ -57,4 +57,4 @@ def generate(feats: torch.Tensor, labels: torch.Tensor, state: dict, max_per_lab
     return torch.cat([feats, feats[rows] + state["sigma"] * noise]), torch.cat([labels, new_labels])
 
 
-register_generator("jitter", init, generate)
+GENERATORS.register("jitter")(GeneratorPlugin(init, generate))
