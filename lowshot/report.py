@@ -141,18 +141,22 @@ def comparison_tables(summ: pd.DataFrame, metrics: Sequence[str] = ("top1_novel"
     return "\n\n".join(parts)
 
 
-def paired_difference(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
-    """Per n, the mean of (A − B) over the shared draws (same representation, setup, experiment)."""
+def paired_difference(df: pd.DataFrame, a: str, b: str, by: str = "method",
+                      metrics: Sequence[str] = ("top1_novel", "top5_novel", "top1_base", "top1_all")) -> pd.DataFrame:
+    """Per n, the mean of (A − B) over the shared draws (same setup and experiment, and the same
+    representation when A and B are methods (`by="method"`), the same method when they are
+    representations (`by="representation"`))."""
+    other = {"method": "representation", "representation": "method"}[by]
     for name in (a, b):
-        if name not in set(df["method"]):
-            raise InputError(None, f"--compare: no results for method {name!r}; have {sorted(set(df['method']))}")
-    keys = ["representation", "setup", "n", "expid"]
-    merged = df[df["method"] == a].merge(df[df["method"] == b], on=keys, suffixes=("_a", "_b"))
+        if name not in set(df[by]):
+            raise InputError(None, f"--compare: no results for {by} {name!r}; have {sorted(set(df[by]))}")
+    keys = [other, "setup", "n", "expid"]
+    merged = df[df[by] == a].merge(df[df[by] == b], on=keys, suffixes=("_a", "_b"))
     rows = []
-    for (rep, setup, n), g in merged.groupby(["representation", "setup", "n"]):
-        for m in ("top1_novel", "top5_novel", "top1_base", "top1_all"):
+    for (rest, setup, n), g in merged.groupby([other, "setup", "n"]):
+        for m in metrics:
             mean, ci, runs = mean_ci((g[m + "_a"] - g[m + "_b"]).to_numpy(float))
-            rows.append({"representation": rep, "setup": setup, "n": n, "metric": m, "difference": mean,
+            rows.append({other: rest, "setup": setup, "n": n, "metric": m, "difference": mean,
                          "ci95": ci, "runs": runs, "significant": bool(abs(mean) > ci) if runs > 1 else False})
     return pd.DataFrame(rows)
 
