@@ -1,6 +1,8 @@
 """Stage 4: the low-shot grid. One cell = (head, n, experiment id, setup) -> one result JSON.
 
-Features are read once per process; the base rows of the setup are shared by every cell.
+Features stay on disk: a process reads the setup's base and test rows once (class-contiguous
+slices, shared by every cell) and each cell's shot rows; the file's content digest is computed
+block by block. Peak memory is thus set by the setup's rows, not by the file.
 """
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ class Context:
 
 def load_context(cfg: BenchmarkConfig) -> Context:
     """Read features, splits and the generator; keep the setup's base and test rows on the device."""
-    inputs = load_inputs(cfg.run, cfg.features_dir, cfg.splits, cfg.shots_dir, cfg.test_features)
+    inputs = load_inputs(cfg.run, cfg.features_dir, cfg.splits, cfg.shots_dir, cfg.test_features, lazy=True)
     train, test, splits = inputs.train, inputs.test, inputs.splits
     device = pick_device(cfg.device)
     base, novel = splits.setup(cfg.setup)

@@ -1,8 +1,9 @@
 """Stage 2: cache the penultimate features of every train and test image in HDF5.
 
+Rows are written in blocks as the batches arrive (ImageNet's 1.28M rows are never all in memory).
 Under `torchrun` the rows are cut into the batches one process would form, each process extracts
-a contiguous run of batches, and rank 0 joins the runs in row order and writes each file
-(atomically): the file equals the single-process one.
+a contiguous run of batches into a part file, and rank 0 copies the parts in row order into each
+file (atomically): the file equals the single-process one.
 """
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import h5py
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from lowshot import distributed
 from lowshot.backbones import Model
@@ -24,7 +26,7 @@ from lowshot.backbones.external import build_external, check_source
 from lowshot.checkpoints import load_checkpoint, model_from_config
 from lowshot.data import DATASETS, ImageDataset
 from lowshot.data.feeds import FeedOptions, make_feed
-from lowshot.io.features import FeatureSet, write_features
+from lowshot.io.features import BLOCK_ROWS, FeatureSet, feature_writer
 from lowshot.io.fingerprint import file_digest
 from lowshot.precision import autocast
 from lowshot.run import RunFolder
@@ -51,30 +53,60 @@ class FeaturesConfig:
 
 
 @torch.no_grad()
-def extract(model, feed, rows: np.ndarray, batch_size: int, device: torch.device, amp: str = "off") -> np.ndarray:
-    """Pooled features (len(rows), d) float32 of the feed's `rows`, in eval mode, in row order."""
+def extract_batches(model, feed, rows: np.ndarray, batch_size: int, device: torch.device,
+                    amp: str = "off") -> Iterator[np.ndarray]:
+    """Pooled features float32 (b, d) of the feed's `rows`, one batch at a time, in eval mode, in row order."""
     model.eval()
-    out = []
     for x, _ in feed.batches(rows, batch_size):
         with autocast(device, amp):
-            out.append(model.trunk.forward_features(x).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, model.trunk.num_features), np.float32)
+            yield model.trunk.forward_features(x).float().cpu().numpy()
 
 
-def gather_rows(feats: np.ndarray, ctx: distributed.Dist, folder: Path, split: str) -> Optional[np.ndarray]:
-    """Every process's rows joined in rank order on rank 0 (None elsewhere), through files in `folder`."""
+def _progress(batches: Iterator[np.ndarray], rows: int, desc: str) -> Iterator[np.ndarray]:
+    """`batches` with a progress bar counting rows (shown on a terminal only)."""
+    with tqdm(total=rows, desc=desc, unit="row", unit_scale=True, leave=False, disable=None) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch))
+
+
+def write_rows(batches: Iterator[np.ndarray], num_rows: int, header: FeatureSet, ctx: distributed.Dist, path: Path,
+               split: str) -> None:
+    """Write the feature file `path` in blocks as the batches (`num_rows` rows here) arrive, never holding all rows.
+
+    One process writes its batches straight into the file. Under `torchrun` each process writes
+    its contiguous run of rows into a part file (`.<split>.rank<r>.npy`, filled batch by batch);
+    rank 0 then copies the parts in rank order, block by block, into the file: the same file.
+    """
     if ctx.world == 1:
-        return feats
-    part = lambda r: folder / f".{split}.rank{r}.npy"  # noqa: E731
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(part(ctx.rank), feats, allow_pickle=False)
+        with feature_writer(path, header) as write:
+            for batch in batches:
+                write(batch)
+        return
+    part = lambda r: path.parent / f".{split}.rank{r}.npy"  # noqa: E731
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_part(batches, part(ctx.rank), num_rows, header.dim)
     distributed.barrier(ctx)
-    if not ctx.main:
-        return None
-    joined = np.concatenate([np.load(part(r), allow_pickle=False) for r in range(ctx.world)])
-    for r in range(ctx.world):
-        part(r).unlink()
-    return joined
+    if ctx.main:
+        with feature_writer(path, header) as write:
+            for r in range(ctx.world):
+                rows = np.load(part(r), mmap_mode="r", allow_pickle=False)
+                for start in range(0, len(rows), BLOCK_ROWS):
+                    write(np.asarray(rows[start:start + BLOCK_ROWS]))
+                del rows
+        for r in range(ctx.world):
+            part(r).unlink()
+
+
+def _save_part(batches: Iterator[np.ndarray], path: Path, num_rows: int, dim: int) -> None:
+    """This process's `num_rows` rows, float32 (num_rows, dim), written into an `.npy` file batch by batch."""
+    out = np.lib.format.open_memmap(path, "w+", np.float32, (num_rows, dim))
+    done = 0
+    for batch in batches:
+        out[done:done + len(batch)] = batch
+        done += len(batch)
+    out.flush()
+    del out
 
 
 def _is_current(path: Path, digest: str) -> bool:
@@ -102,10 +134,12 @@ def _write_splits(model, data, opts: FeedOptions, cfg: FeaturesConfig, paths: Di
     for split, path in paths.items():
         feed = make_feed(data, split, None, opts)
         rows = distributed.shard(len(feed), cfg.batch_size, ctx)
-        feats = gather_rows(extract(model, feed, rows, cfg.batch_size, opts.device, cfg.amp), ctx, path.parent, split)
+        labels = data.train_labels if split == "train" else data.test_labels
+        header = FeatureSet(np.zeros((0, model.trunk.num_features), np.float32), labels, {**attrs, "split": split},
+                            weight, scale)
+        batches = extract_batches(model, feed, rows, cfg.batch_size, opts.device, cfg.amp)
+        write_rows(_progress(batches, len(rows), f"features {split}"), len(rows), header, ctx, path, split)
         if ctx.main:
-            labels = data.train_labels if split == "train" else data.test_labels
-            write_features(path, FeatureSet(feats, labels, {**attrs, "split": split}, weight, scale))
             print(f"wrote {path} ({len(labels)} rows)")
     distributed.barrier(ctx)
 

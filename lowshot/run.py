@@ -110,7 +110,7 @@ class RunInputs:
 
 def load_inputs(run: str, features_dir: Optional[str] = None, splits: Optional[str] = None,
                 shots: Optional[str] = None, test_features: Optional[str] = None,
-                need_test: bool = True) -> RunInputs:
+                need_test: bool = True, lazy: bool = False) -> RunInputs:
     """Read the train (and test) features and the label splits of a run, checked to belong together.
 
     Args:
@@ -119,10 +119,11 @@ def load_inputs(run: str, features_dir: Optional[str] = None, splits: Optional[s
             train file records).
         test_features: explicit test feature file (default: `test.hdf5`, or `val.hdf5`).
         need_test: read the test file too.
+        lazy: leave the features on disk and read only the rows a stage indexes (`FeatureRows`).
     """
     fdir = Path(features_dir) if features_dir else RunFolder(Path(run)).features
-    train = read_features(fdir / "train.hdf5")
-    test = read_features(test_features_path(fdir, test_features)) if need_test else None
+    train = read_features(fdir / "train.hdf5", lazy)
+    test = read_features(test_features_path(fdir, test_features), lazy) if need_test else None
     dataset = train.attrs.get("dataset")
     if not dataset and (splits is None or (need_test and shots is None)):
         raise InputError(train.path, NO_DATASET)
@@ -149,6 +150,9 @@ def check_compatible(train: FeatureSet, test: Optional[FeatureSet], splits: Labe
 
 
 def rows_of(fs: FeatureSet, classes: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
-    """The rows of `fs` whose label is in `classes`: features (n, d) contiguous and labels (n,)."""
+    """The rows of `fs` whose label is in `classes`: features (n, d) contiguous and labels (n,).
+
+    Features left on disk (`read_features(..., lazy=True)`) are read for those rows only.
+    """
     keep = np.isin(fs.labels, np.asarray(classes))
     return np.ascontiguousarray(fs.feats[keep]), fs.labels[keep]

@@ -23,13 +23,19 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha1", digits: int = 
 
 
 def array_digest(*arrays) -> str:
-    """SHA-1 of the shapes, dtypes and bytes of the given arrays (None counts as absent), 12 hex digits."""
+    """SHA-1 of the shapes, dtypes and bytes of the given arrays (None counts as absent), 12 hex digits.
+
+    An array kept on disk (anything with `blocks()`, e.g. `lowshot.io.features.FeatureRows`) is
+    hashed block by block in bounded memory, with the same digest as the array in memory.
+    """
     h = hashlib.sha1()
     for a in arrays:
         if a is None:
             h.update(b"none")
             continue
-        a = np.ascontiguousarray(a)
+        if not hasattr(a, "blocks"):
+            a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a.reshape(-1)).cast("B"))
+        for block in a.blocks() if hasattr(a, "blocks") else [a]:
+            h.update(memoryview(np.ascontiguousarray(block, dtype=a.dtype).reshape(-1)).cast("B"))
     return h.hexdigest()[:12]
