@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from lowshot.io.splits import LabelSplits, write_label_splits
+from synthetic import one_thread  # noqa: F401 (re-exported autouse fixture)
 
 GLYPHS = {"num_classes": 6, "images_per_class": 26, "test_per_class": 4}  # 22 train + 4 test per class
 WNIDS = ["n0300", "n0100", "n0500", "n0200", "n0600", "n0400"]  # label order is not sorted, as in H&G
@@ -128,15 +128,6 @@ def tiny_train_config(path: Path, **extra) -> Path:
 def corrupt(path: Path) -> None:
     path.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
     os.utime(path)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One compute thread while a module runs: its images are tiny, and idle threads spin on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
