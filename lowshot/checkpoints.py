@@ -26,14 +26,18 @@ def save_checkpoint(path: Path, model, opt, sched, epoch: int, config: Dict[str,
                       "config": config, "versions": versions()})
 
 
-def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
-    """Load a checkpoint safely (`weights_only=True`), with one clear error when it is bad."""
+def load_checkpoint(path: str | os.PathLike, missing: str = "checkpoint not found (run `lowshot train` first)",
+                    what: str = "checkpoint") -> Dict[str, Any]:
+    """Load a checkpoint (or another stage's model file, `what`) safely (`weights_only=True`).
+
+    A missing file is one `InputError` saying `missing`; a corrupt one says it cannot load `what`.
+    """
     if not os.path.exists(path):
-        raise InputError(path, "checkpoint not found (run `lowshot train` first)")
+        raise InputError(path, missing)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt file
-        raise InputError(path, f"cannot load checkpoint ({e.__class__.__name__})") from None
+        raise InputError(path, f"cannot load {what} ({e.__class__.__name__})") from None
 
 
 def model_from_config(cfg: Dict[str, Any], num_classes: int, in_channels: int) -> Model:

@@ -193,6 +193,19 @@ def train_matching(run, force, config, sets, seed, device):
     click.echo(f"matching network: {stage(cfg)}")
 
 
+@main.command("train-weight-generator")
+@click.option("--run", default=None, help="Run folder (or name under runs/).")
+@click.option("--force", is_flag=True, default=None)
+@common
+def train_weight_generator(run, force, config, sets, seed, device):
+    """Train Gidaris & Komodakis' few-shot weight generator on base-class features (<run>/heads/weight_generator.pt)."""
+    from lowshot.run import run_dir
+    from lowshot.train_weight_generator import WeightGeneratorTrainConfig, train_weight_generator as stage
+    cfg = _resolve(WeightGeneratorTrainConfig, config, sets, run=run and run_dir(run), force=force, seed=seed,
+                   device=device)
+    click.echo(f"weight generator: {stage(cfg)}")
+
+
 @main.command()
 @click.option("--run", default=None, help="Run folder (or name under runs/).")
 @click.option("--heads", default=None, type=RegistryChoice("lowshot.heads", "HEADS", many=True),

@@ -5,6 +5,7 @@
       features/{train,test}.hdf5      features (an H&G folder's val.hdf5 is read as the test file)
       generator/generator.pt          generate (+ cache/)
       heads/matching.pt               train-matching
+      heads/weight_generator.pt       train-weight-generator
       results/*.json                  benchmark
       episodes/episodes.{csv,md}      episodes
       report/                         report
@@ -60,6 +61,10 @@ class RunFolder:
     @property
     def matching_model(self) -> Path:
         return self.root / "heads" / "matching.pt"
+
+    @property
+    def weight_generator_model(self) -> Path:
+        return self.root / "heads" / "weight_generator.pt"
 
     @property
     def results(self) -> Path:

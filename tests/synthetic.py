@@ -52,7 +52,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def head_params(tmp_path_factory):
     """`params(name, dim)`: small-budget keyword arguments for a head; `matching` gets an untrained
-    (seeded) network file of the right dimension, enough for its contract and separable-data checks."""
+    (seeded) network file of the right dimension, enough for its contract and separable-data checks;
+    `weight_generator` an untrained generator file (φ_att = 0) over random rows of base classes 0..63."""
     from lowshot.heads.matching import MatchingNet
     from lowshot.io.atomic import save_torch
 
@@ -67,9 +68,30 @@ def head_params(tmp_path_factory):
                 files[dim] = str(folder / f"matching_{dim}.pt")
                 save_torch(files[dim], {"state_dict": net.state_dict(), "dim": dim, "K": 1})
             return {"model": files[dim], "support_per_class": 20}
+        if name == "weight_generator":
+            path = folder / f"weight_generator_{dim}.pt"
+            if not path.exists():
+                weight_generator_file(path, torch.randn(64, dim, generator=torch.Generator().manual_seed(dim)))
+            return {"model": str(path)}
         return dict(FAST.get(name, {}))
 
     return params
+
+
+def weight_generator_file(path, weight_base: torch.Tensor, scale: float = 10.0, phi_att: float = 0.0,
+                          shots=(1,)) -> str:
+    """A `lowshot train-weight-generator` file holding untrained generators for base classes 0..B−1
+    (weight_base (B, d)); φ_att = 0 makes the generated rows the mean normalised shot (imprinting)."""
+    from lowshot.heads.weight_generator import FewShotWeightGenerator
+    from lowshot.io.atomic import save_torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = FewShotWeightGenerator(torch.arange(len(weight_base)), weight_base, scale)
+    with torch.no_grad():
+        net.phi_att.fill_(phi_att)
+    save_torch(path, {"generators": {str(n): net.state_dict() for n in shots}, "dim": weight_base.shape[1]})
+    return str(path)
 
 
 FAST = {"logreg": {"tol": 1e-3}, "tim": {"iterations": 20, "lr": 1e-2}, "pt_map": {"iterations": 5}}
