@@ -57,6 +57,7 @@ class WeightGeneratorTrainConfig:
     wd: float = 5e-4
     dropout: float = 0.5
     scale_att: float = 30.0  # γ's initial value (their ImageNet configs; 10 on miniImageNet)
+    attention: bool = True  # False: their feature-averaging generator ("Avg"), no attention over base rows
     seed: int = 0
     device: str = "auto"
     force: bool = False
@@ -138,7 +139,7 @@ def train_generator(data: BaseRows, shots: int, m: int, cfg: WeightGeneratorTrai
                     device: torch.device) -> Dict:
     """Train one generator for `shots` shots; returns its state dict (CPU) and its last tenth's mean loss/accuracy."""
     torch.manual_seed(int(np.random.SeedSequence([cfg.seed, shots]).generate_state(1)[0]))
-    model = FewShotWeightGenerator(data.classes, data.weight, data.scale, cfg.scale_att).to(device)
+    model = FewShotWeightGenerator(data.classes, data.weight, data.scale, cfg.scale_att, cfg.attention).to(device)
     pos = torch.searchsorted(data.classes, data.labels)
     rows, valid, _ = group_rows(torch.arange(len(pos))[:, None], pos, torch.arange(len(data.classes)))
     feats, gen = data.feats.to(device), generator(cfg.seed * 1000 + shots, torch.device("cpu"))

@@ -55,6 +55,14 @@ def test_attention_reads_only_the_given_base_rows():
     torch.testing.assert_close(row[0], torch.tensor([0.6, 1.6]) + net.phi_att * torch.tensor([0.0, 1.0]))
 
 
+def test_feature_averaging_generator_has_no_attention_term():
+    net = hand_net()
+    net.attention.fill_(False)
+    with torch.no_grad():
+        row = net.novel_weights(torch.tensor([[[3.0, 4.0]]]), torch.ones(1, 1, dtype=torch.bool), torch.tensor([0, 1]))
+    torch.testing.assert_close(row[0], torch.tensor([0.6, 1.6]))
+
+
 def test_without_attention_the_head_is_imprinting(tmp_path):
     xtr, ytr, xte, _, task = mixture(shots=3, d=16, base=6, novel=5, interleave=True)
     model = weight_generator_file(tmp_path / "g.pt", task.classifier_weight, scale=10.0, phi_att=0.0)

@@ -27,14 +27,17 @@ class FewShotWeightGenerator(nn.Module):
     Parameters (the paper's names): `weight_base` (B, d) base rows; `scale_cls` s and `bias` b of the
     scores s · (cos(x, w) + b); `phi_avg`, `phi_att` (d,) diagonal maps of the averaged and attended
     parts; `query` (d → d, affine, initialised near the identity), `keys` (B, d), `scale_att` γ of
-    the attention. `classes` (B,) holds the global label of each base row.
+    the attention. `classes` (B,) holds the global label of each base row. `attention=False` is the
+    paper's feature-averaging generator, w' = φ_avg ⊙ mean ẑ (its "Avg" rows; the attention
+    parameters are then unused).
     """
 
     def __init__(self, classes: torch.Tensor, weight_base: torch.Tensor, scale_cls: float = 10.0,
-                 scale_att: float = 10.0):
+                 scale_att: float = 10.0, attention: bool = True):
         super().__init__()
         b, d = weight_base.shape
         self.register_buffer("classes", torch.as_tensor(classes, dtype=torch.long).clone())
+        self.register_buffer("attention", torch.tensor(bool(attention)))
         self.weight_base = nn.Parameter(weight_base.detach().float().clone())
         self.scale_cls = nn.Parameter(torch.tensor(float(scale_cls)))
         self.bias = nn.Parameter(torch.tensor(0.0))
@@ -58,6 +61,8 @@ class FewShotWeightGenerator(nn.Module):
         m = mask.to(z.dtype)[..., None]
         count = m.sum(-2).clamp(min=1)
         w_avg = (z * m).sum(-2) / count
+        if not bool(self.attention):
+            return self.phi_avg * w_avg
         q = l2_normalise(self.query(z))
         att = torch.softmax(self.scale_att * q @ l2_normalise(self.keys[base]).t(), dim=-1)  # (..., W, S, K)
         w_att = ((att @ l2_normalise(self.weight_base[base])) * m).sum(-2) / count
