@@ -11,7 +11,7 @@ SEED   ?= 0
 # torch/torchvision known to work together on this machine (setup.cfg holds lower bounds only)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test data train features generate train-matching benchmark benchmark-gen episodes report baselines clean-demo
+.PHONY: install demo test data train features generate train-matching benchmark benchmark-gen episodes report baselines representations clean-demo
 
 install: $(VENV)/.installed
 
@@ -65,6 +65,11 @@ baselines: data
 	$(LOWSHOT) features --run runs/random-init
 	$(LOWSHOT) benchmark --run runs/random-init --heads logreg,cosine_ncm --seed $(SEED)
 	$(LOWSHOT) report runs/pixels/results runs/random-init/results $(RUN)/results --out runs/baselines-report
+
+# H&G's representation table (README "Does SGM or L2 help?"): none / l2 / sgm / batchsgm (weights chosen on
+# setup 1) and the cosine classifier, each trained, extracted and benchmarked; runs/rep-*, not part of the demo
+representations: data
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python benchmarks/representations.py --config configs/representations.json
 
 clean-demo:
 	rm -rf $(RUN)
