@@ -146,7 +146,7 @@ def test_trained_generator_beats_imprinting_on_a_gaussian_mixture(tmp_path, monk
     """Imprinted rows keep the shots' noise dimensions; the trained φ_avg learns to drop them."""
     monkeypatch.chdir(tmp_path)
     nuisance_project(tmp_path)
-    train_weight_generator(WeightGeneratorTrainConfig(run="runs/n", shots=[1, 5], episodes=200, device="cpu"))
+    train_weight_generator(WeightGeneratorTrainConfig(run="runs/n", shots=[1, 5], episodes=300, device="cpu"))
     out = benchmark(BenchmarkConfig(run="runs/n", heads=["imprint", "weight_generator"], ns=[1, 5], expids=[1, 2],
                                     device="cpu"))
     res = [json.loads(Path(p).read_text()) for p in out]
@@ -154,7 +154,7 @@ def test_trained_generator_beats_imprinting_on_a_gaussian_mixture(tmp_path, monk
         mean = {h: np.mean([r["accs"] for r in res if r["head"] == h and r["n"] == n], 0)
                 for h in ("imprint", "weight_generator")}
         gain = mean["weight_generator"] - mean["imprint"]
-        assert gain[0] > 0 and gain[4] > 0 and gain[1] > 0.05, (n, mean)  # novel top-1, all top-1, novel top-5
+        assert gain[0] > 0.03 and gain[4] > 0.02 and gain[1] > 0.05, (n, mean)  # novel top-1, all top-1, novel top-5
 
 
 def test_training_is_deterministic_cached_and_weights_only(feature_project, capsys):

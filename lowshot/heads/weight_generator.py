@@ -82,24 +82,19 @@ class FewShotWeightGenerator(nn.Module):
         return pos
 
 
-def attended_rows(net: FewShotWeightGenerator, base: torch.Tensor, where: Optional[str] = None) -> torch.Tensor:
-    """Rows of `net` (K,) for the setup's base classes `base` (K,); every row when there are none (an episode)."""
-    if not len(base):
-        return torch.arange(len(net.classes), device=net.classes.device)
-    return net.base_index(base.to(net.classes.device), where)
-
-
 @HEADS.register("weight_generator")
 class WeightGenerator(Head):
     """Few-shot weight generation without forgetting (Gidaris & Komodakis, CVPR 2018, arXiv 1804.09458).
 
     Base classes of the setup keep the generator's base rows (trained in stage 2 from the
     representation's cosine classifier); each novel class's row is generated from its training
-    rows (real shots and any hallucinated ones) by feature averaging + attention over the setup's
-    base rows; score = s · (cos(x, w) + b). Needs `lowshot train-weight-generator` (`model`,
-    default <run>/heads/weight_generator.pt), which trains one generator per number of shots; a
-    cell uses the one trained with the most shots not above its smallest novel class (else the
-    fewest). In an episode (no base rows) the attention reads every base row the model has.
+    rows (real shots and any hallucinated ones) by feature averaging + attention over every base
+    row the model has (both setups' base classes: their evaluation attends over all 389 ImageNet
+    base classes); score = s · (cos(x, w) + b), −inf outside the setup's base and novel classes.
+    Needs `lowshot train-weight-generator` (`model`, default <run>/heads/weight_generator.pt),
+    which trains one generator per number of shots; a cell uses the one trained with the most
+    shots not above its smallest novel class (else the fewest). In an episode the support rows
+    are the shots.
     """
 
     episodic = True
@@ -112,12 +107,12 @@ class WeightGenerator(Head):
         novel_classes = torch.unique(labels[~is_base])
         shots, mask, counts = group_rows(feats[~is_base].float(), labels[~is_base], novel_classes)
         self.net_ = self._load(task, feats.shape[1], int(counts.min()) if len(counts) else 1)
-        idx = attended_rows(self.net_, base, self.model)
+        every = torch.arange(len(self.net_.classes), device=self.net_.classes.device)
         weight = feats.new_zeros(task.num_classes, feats.shape[1], dtype=torch.float32)
         with torch.no_grad():
-            weight[base] = self.net_.weight_base[idx[:len(base)]]  # no base class in the rows: none
-            if len(novel_classes):
-                weight[novel_classes] = self.net_.novel_weights(shots, mask, idx)
+            weight[base] = self.net_.weight_base[self.net_.base_index(base.to(every.device), self.model)]
+            if len(novel_classes):  # attention over every base row, as in their evaluation
+                weight[novel_classes] = self.net_.novel_weights(shots, mask, every)
         self.weight_, self.present_ = weight, torch.zeros(task.num_classes, dtype=torch.bool, device=feats.device)
         self.present_[base], self.present_[novel_classes] = True, True
         return self
@@ -132,7 +127,7 @@ class WeightGenerator(Head):
     def episode_scores(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
         """Scores (E, Q, W) of a batch of episodes: support (E, W, S, d), query (E, Q, d)."""
         net = self._load(task, support.shape[-1], support.shape[2])
-        every = attended_rows(net, support.new_zeros(0, dtype=torch.long))
+        every = torch.arange(len(net.classes), device=net.classes.device)
         with torch.no_grad():
             rows = net.novel_weights(support.float(), support.new_ones(support.shape[:-1], dtype=torch.bool), every)
             return net.logits(query.float(), rows)
