@@ -8,7 +8,7 @@ by attending over the remaining base rows, and the cross-entropy of the test row
 remaining base + fake novel classes trains the generator together with the base rows, the scale
 and the bias. Features pass a dropout of 0.5 (their `DumbFeat`). SGD (momentum 0.9, Nesterov,
 weight decay 5e-4), lr 0.01 then 0.001 for the last third (their 4 + 2 epochs). One generator per
-n, as the paper trains one per number of shots. Reduced default for a 2-core CPU: 2,000 episodes
+n, as the paper trains one per number of shots. Reduced default for a 2-core CPU: 1,000 episodes
 per generator [ImageNet: 6 × 4,000]. Writes `<run>/heads/weight_generator.pt` (plain tensors and
 dicts, read with `weights_only=True`), skipped when the configuration and the base rows are unchanged.
 """
@@ -48,7 +48,7 @@ class WeightGeneratorTrainConfig:
     splits: Optional[str] = None  # default: label_splits/<dataset>.json
     out: Optional[str] = None  # default: <run>/heads/weight_generator.pt
     shots: List[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])  # one generator per n
-    episodes: int = 2000  # per generator (paper, ImageNet: 24,000)
+    episodes: int = 1000  # per generator (paper, ImageNet: 24,000)
     novel_per_episode: Optional[int] = None  # default: round(B · 250/389)
     test_per_novel: int = 6  # their nTestNovel / nKnovel
     base_test_per_novel: int = 3  # their nTestBase / nKnovel
@@ -126,10 +126,15 @@ def sample_episode(rows: torch.Tensor, valid: torch.Tensor, m: int, shots: int, 
     return picked[:, :shots], test, target, base
 
 
+def drop(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout of x (any shape) with rate p, as `F.dropout` computes it (5–10× faster than its CPU kernel)."""
+    return x * ((torch.rand_like(x) >= p).to(x.dtype) / (1.0 - p)) if p > 0 else x
+
+
 def episode_loss(model: FewShotWeightGenerator, feats: torch.Tensor, episode, dropout: float):
     """Cross-entropy (and the number right) of an episode's test rows over remaining base + fake novel classes."""
     support, test, target, base = episode
-    x_s, x_t = F.dropout(feats[support], dropout), F.dropout(feats[test], dropout)
+    x_s, x_t = drop(feats[support], dropout), drop(feats[test], dropout)
     novel = model.novel_weights(x_s, torch.ones(support.shape, dtype=torch.bool, device=feats.device), base)
     logits = model.logits(x_t, torch.cat([model.weight_base[base], novel]))
     return F.cross_entropy(logits, target), int((logits.argmax(1) == target).sum())
