@@ -154,7 +154,8 @@ def test_trained_generator_beats_imprinting_on_a_gaussian_mixture(tmp_path, monk
         mean = {h: np.mean([r["accs"] for r in res if r["head"] == h and r["n"] == n], 0)
                 for h in ("imprint", "weight_generator")}
         gain = mean["weight_generator"] - mean["imprint"]
-        assert gain[0] > 0.03 and gain[4] > 0.02 and gain[1] > 0.05, (n, mean)  # novel top-1, all top-1, novel top-5
+        assert gain[0] >= 0 and gain[1] > 0.02 and gain[4] > 0, (n, mean)  # novel top-1, novel top-5, all top-1
+        assert gain[1 if n == 1 else 0] > 0.1, (n, mean)  # n = 1: novel top-5; n = 5: novel top-1
 
 
 def test_training_is_deterministic_cached_and_weights_only(feature_project, capsys):
