@@ -11,7 +11,7 @@ SEED   ?= 0
 # torch/torchvision known to work together on this machine (setup.cfg holds lower bounds only)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test data train features generate train-matching benchmark benchmark-gen episodes report baselines representations clean-demo
+.PHONY: install demo test data train features generate train-matching weight-generator benchmark benchmark-gen episodes report baselines representations clean-demo
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,12 @@ generate: install
 
 train-matching: install
 	$(LOWSHOT) train-matching --run $(RUN) --seed $(SEED)
+
+# Gidaris & Komodakis' few-shot weight generator: its stage-2 training on the base features, then its 25 cells
+# (not part of `make demo`, which it would lengthen by minutes)
+weight-generator: install
+	$(LOWSHOT) train-weight-generator --run $(RUN) --seed $(SEED)
+	$(LOWSHOT) benchmark --run $(RUN) --heads weight_generator --seed $(SEED)
 
 benchmark: install
 	$(LOWSHOT) benchmark --run $(RUN) --heads $(HEADS) --seed $(SEED)
