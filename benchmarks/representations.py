@@ -23,8 +23,8 @@ from lowshot.generate import GenerateConfig, generate
 from lowshot.io.atomic import atomic_path, write_json
 from lowshot.io.results import read_results
 from lowshot.report import _write_csv, check_same_inputs, long_table, summary
-from lowshot.representations import (RepresentationsConfig, choose_weights, difference_table, representation_tables,
-                                     run_name, setup1_scores, sweep_runs, sweep_table)
+from lowshot.representations import (RepresentationsConfig, choose_weights, cosine_run, difference_table,
+                                     representation_tables, setup1_scores, sweep_runs, sweep_table)
 from lowshot.train import TrainConfig, train
 
 TIMES: Dict[str, float] = {}
@@ -73,7 +73,7 @@ def main(path: str) -> None:
     """Loss by loss (`none` first, the cosine classifier last): train the sweep, choose on setup 1,
     run setup 2 on the chosen weight, so that an interrupted run has finished rows to show."""
     cfg = resolve_config(RepresentationsConfig, path)
-    runs, cosine = sweep_runs(cfg), run_name(cfg.prefix, "cosine")
+    runs, cosine = sweep_runs(cfg), cosine_run(cfg)
     chosen = {}
     for loss in dict.fromkeys(loss for loss, _, _ in runs):
         mine = [r for r in runs if r[0] == loss]

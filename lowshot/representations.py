@@ -12,13 +12,14 @@ and weight with the linear classifier, plus one with the cosine classifier, and 
    mean ± 95 % interval over the experiments), and paired differences (same experiments, same shots)
    of each chosen auxiliary loss against `none`.
 
-Run folders: `<prefix>-none`, `<prefix>-<loss>-<weight>` (e.g. `runs/rep-sgm-0.002`), `<prefix>-cosine`;
-the folder name is the representation's name in every table.
+Run folders: `<prefix>-none`, `<prefix>-<loss>-<weight>` (e.g. `runs/rep-sgm-0.002`), and `cosine_run`
+(default `<prefix>-cosine`; with the demo's config and `runs/demo` it is `make demo`'s representation, trained
+only if missing); the folder name is the representation's name in every table.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -34,6 +35,7 @@ class RepresentationsConfig:
 
     linear_config: str = "configs/rep_linear.json"  # train config of every linear-classifier representation
     cosine_config: str = "configs/demo_train.json"  # train config of the cosine-classifier representation
+    cosine_run: Optional[str] = None  # its run folder (default <prefix>-cosine; runs/demo shares make demo's run)
     prefix: str = "runs/rep"
     sweep: Dict[str, List[float]] = field(default_factory=lambda: {"l2": [0.03], "sgm": [0.02], "batchsgm": [5.0]})
     criterion: str = "top1_all"  # setup-1 logreg metric (mean over n and experiments) that picks the weight
@@ -46,6 +48,11 @@ class RepresentationsConfig:
 def run_name(prefix: str, loss: str, weight: float = 0.0) -> str:
     """`<prefix>-none`, `<prefix>-cosine`, or `<prefix>-<loss>-<weight>` (weight in %g form)."""
     return f"{prefix}-{loss}" if loss in ("none", "cosine") else f"{prefix}-{loss}-{weight:g}"
+
+
+def cosine_run(cfg: RepresentationsConfig) -> str:
+    """The cosine-classifier representation's run folder."""
+    return cfg.cosine_run or run_name(cfg.prefix, "cosine")
 
 
 def sweep_runs(cfg: RepresentationsConfig) -> List[Tuple[str, float, str]]:

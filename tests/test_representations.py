@@ -6,7 +6,7 @@ import pytest
 
 from lowshot.errors import InputError
 from lowshot.report import long_table, paired_difference, summary
-from lowshot.representations import (RepresentationsConfig, choose_weights, difference_table, representation_tables,
+from lowshot.representations import (RepresentationsConfig, choose_weights, cosine_run, difference_table, representation_tables,
                                      run_name, setup1_scores, sweep_runs, sweep_table)
 
 
@@ -25,7 +25,8 @@ def _runs():
 def test_run_names_and_sweep_order():
     assert run_name("runs/rep", "sgm", 0.002) == "runs/rep-sgm-0.002"
     assert run_name("runs/rep", "batchsgm", 5.0) == "runs/rep-batchsgm-5"
-    assert run_name("runs/rep", "cosine") == "runs/rep-cosine"
+    assert cosine_run(RepresentationsConfig(prefix="runs/rep")) == "runs/rep-cosine"
+    assert cosine_run(RepresentationsConfig(cosine_run="runs/demo")) == "runs/demo"
     assert [r for _, _, r in _runs()] == ["runs/rep-none", "runs/rep-sgm-0.002", "runs/rep-sgm-0.02", "runs/rep-l2-0.03"]
     with pytest.raises(InputError):
         sweep_runs(RepresentationsConfig(sweep={"none": [0.0]}))
