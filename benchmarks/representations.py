@@ -62,11 +62,12 @@ def last_epoch(run: str) -> Dict[str, float]:
     return json.loads(lines[-1]) if lines else {}
 
 
-def setup2(cfg: RepresentationsConfig, run: str, cosine: bool) -> None:
+def setup2(cfg: RepresentationsConfig, run: str, loss: str) -> None:
     """The setup-2 grid of one representation: heads, logreg + analogies, cosine-only heads."""
-    timed(f"generate {Path(run).name}", generate, GenerateConfig(run=run, seed=cfg.seed))
-    run_grid(run, 2, cfg.heads + (cfg.cosine_heads if cosine else []), cfg.seed)
-    run_grid(run, 2, ["logreg"], cfg.seed, generator="analogies", max_per_label=cfg.max_per_label)
+    run_grid(run, 2, cfg.heads + (cfg.cosine_heads if loss == "cosine" else []), cfg.seed)
+    if loss in cfg.generate_for:
+        timed(f"generate {Path(run).name}", generate, GenerateConfig(run=run, seed=cfg.seed))
+        run_grid(run, 2, ["logreg"], cfg.seed, generator="analogies", max_per_label=cfg.max_per_label)
 
 
 def main(path: str) -> None:
@@ -82,9 +83,9 @@ def main(path: str) -> None:
             run_grid(run, 1, ["logreg"], cfg.seed)
         chosen.update(choose_weights(mine, setup1_scores(results([r for _, _, r in mine], "results-setup1"),
                                                          cfg.criterion)))
-        setup2(cfg, chosen[loss][1], cosine=False)
+        setup2(cfg, chosen[loss][1], loss)
     prepare(cosine, cfg.cosine_config, cfg.seed, aux_loss="none", aux_weight=0.0)
-    setup2(cfg, cosine, cosine=True)
+    setup2(cfg, cosine, "cosine")
     df1 = results([r for _, _, r in runs], "results-setup1")
     write_report(cfg, runs, df1, chosen, [run for _, run in chosen.values()] + [cosine])
 

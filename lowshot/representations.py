@@ -6,8 +6,9 @@ and weight with the linear classifier, plus one with the cosine classifier, and 
 1. **sweep, setup 1 only**: `logreg` on every (loss, weight) of `sweep` and on `none`; each loss keeps
    the weight whose setup-1 score (`criterion`, in %, averaged over every n and experiment) is highest.
    Setup 2 never enters the choice.
-2. **setup 2, chosen weights only**: `heads` (+ `logreg` with the analogy generator topped up to
-   `max_per_label`), and `cosine_heads` on the cosine-classifier representation only.
+2. **setup 2, chosen weights only**: `heads`, `logreg` with the analogy generator topped up to
+   `max_per_label` for the losses of `generate_for` (H&G's table has "+ Gen" rows for the baseline and
+   SGM only), and `cosine_heads` on the cosine-classifier representation only.
 3. **the table**: rows = representation × method, columns = n (novel and all top-1 / top-5, base top-1,
    mean ± 95 % interval over the experiments), and paired differences (same experiments, same shots)
    of each chosen auxiliary loss against `none`.
@@ -42,6 +43,7 @@ class RepresentationsConfig:
     heads: List[str] = field(default_factory=lambda: ["logreg", "cosine_ncm"])
     cosine_heads: List[str] = field(default_factory=lambda: ["imprint"])
     max_per_label: int = 20  # analogy generation tops each novel class up to this many rows
+    generate_for: List[str] = field(default_factory=lambda: ["none", "sgm", "cosine"])  # H&G's "+ Gen" rows
     seed: int = 0
 
 
