@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 LOWSHOT := $(BIN)/lowshot
 RUN    ?= runs/demo
 TRAIN_CONFIG ?= configs/demo_train.json
-# the demo's heads: every head that needs no extra stage beyond the demo's and runs the 25 cells in seconds;
+# the demo's heads: those that need no stage beyond the demo's and take about a minute or less for the 25 cells;
 # `make benchmark-slow` adds the transductive heads that take a minute or more each (TIM takes hours: run it by name)
 HEADS  ?= logreg,imprint,imprint_ft,rand_ft,protonet,cosine_ncm,matching,repmet,magnet,raw_imprint,bd_cspn
 SLOW_HEADS ?= laplacian_shot,pt_map,transductive_ft
