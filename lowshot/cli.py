@@ -245,6 +245,48 @@ def episodes(run, config, sets, seed, device):
     click.echo(episodes_stage(cfg))
 
 
+@main.command("add-class")
+@click.option("--checkpoint", default=None, help="A cosine-classifier checkpoint (lowshot train or add-class).")
+@click.option("--name", default=None, help="Name of the new class.")
+@click.option("--images", default=None, help="Folder of its images.")
+@click.option("--fine-tune", is_flag=True, default=None, help="Then fine-tune the last layer on the run's cached base features.")
+@click.option("--features", default=None, help="Those features [default: <run>/features/train.hdf5].")
+@click.option("-o", "--out", default=None, help="The new checkpoint.")
+@click.option("--force", is_flag=True, default=None, help="Replace an existing output.")
+@common
+def add_class(checkpoint, name, images, fine_tune, features, out, force, config, sets, seed, device):
+    """Imprint a new class (Qi et al.) into a trained cosine-classifier model; write a new checkpoint."""
+    from lowshot.addclass import AddClassConfig, add_class as add_class_stage
+    cfg = _resolve(AddClassConfig, config, sets, checkpoint=checkpoint, name=name, images=images, fine_tune=fine_tune,
+                   features=features, out=out, force=force, seed=seed, device=device)
+    for option, value in (("--checkpoint", cfg.checkpoint), ("--name", cfg.name), ("--images", cfg.images),
+                          ("-o", cfg.out)):
+        if not value:
+            raise click.UsageError(f"{option} is required")
+    add_class_stage(cfg)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--checkpoint", required=True, help="A checkpoint of lowshot train or add-class.")
+@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--csv", "as_csv", is_flag=True, help="CSV (image,rank,class,probability) instead of text.")
+@click.option("--device", default="auto", show_default=True)
+def predict(images, checkpoint, top_k, as_csv, device):
+    """Top-k classes with probabilities for each IMAGE (files or folders)."""
+    from lowshot.addclass import predict as predict_stage
+    rows = predict_stage(checkpoint, images, top_k, device)
+    if as_csv:
+        import csv
+        import sys
+        writer = csv.DictWriter(sys.stdout, ["image", "rank", "class", "probability"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({**r, "probability": f"{r['probability']:.6f}"} for r in rows)
+        return
+    for r in rows:
+        click.echo(f"{r['image']}\t{r['rank']}\t{r['probability']:.4f}\t{r['class']}")
+
+
 @main.command()
 @click.argument("results", nargs=-1)
 @click.option("--out", "out_dir", default=None, help="Folder for CSVs and the plot [default: <results>/../report].")
