@@ -119,7 +119,8 @@ def test_bad_inputs_are_one_line_each(glyph_model, tmp_path):
     (tmp_path / "text.pt").write_text("hello")
     assert "cannot load checkpoint" in error_line(invoke(*add, "--checkpoint", tmp_path / "text.pt", "--name", "y"))
     linear = _linear_checkpoint(m, tmp_path)
-    assert "linear classifier" in error_line(invoke(*add, "--checkpoint", linear, "--name", "y"))
+    refusal = error_line(invoke(*add, "--checkpoint", linear, "--name", "y"))
+    assert "linear classifier" in refusal and "raw_imprint" in refusal and "--classifier cosine" in refusal
     assert not (tmp_path / "out.pt").exists()
     assert "cannot decode image" in error_line(invoke("predict", "--checkpoint", ckpt, tmp_path / "junk" / "a.png"))
 
