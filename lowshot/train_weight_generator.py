@@ -127,7 +127,7 @@ def sample_episode(rows: torch.Tensor, valid: torch.Tensor, m: int, shots: int, 
 
 
 def drop(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Inverted dropout of x (any shape) with rate p, as `F.dropout` computes it (5–10× faster than its CPU kernel)."""
+    """Inverted dropout of x (any shape) with rate p, as `F.dropout` computes it, from a `torch.rand_like` draw."""
     return x * ((torch.rand_like(x) >= p).to(x.dtype) / (1.0 - p)) if p > 0 else x
 
 
