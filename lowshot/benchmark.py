@@ -110,12 +110,16 @@ def input_digests(inputs: RunInputs) -> Dict[str, Any]:
     return digests
 
 
-def cell_identity(ctx: Context, head: str, params: Dict[str, Any], n: int, expid: int) -> Dict[str, Any]:
-    """What determines a cell's numbers: its coordinates, the head's options, and every input file's fingerprint."""
+def cell_identity(ctx: Context, head: str, params: Dict[str, Any], n: int, expid: int,
+                  head_inputs: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """What determines a cell's numbers: its coordinates, the head's options, and every input file's fingerprint
+    (`head_inputs`: those of files the head itself reads, e.g. a trained model)."""
     cfg = ctx.cfg
     gen = ({"name": cfg.generator, "max_per_label": cfg.max_per_label, "key": getattr(ctx.generator_state, "key", None)}
            if cfg.generator else None)
     inputs = {**ctx.digests, "shots": file_digest(shot_file(ctx, expid))}
+    if head_inputs:
+        inputs["head"] = head_inputs
     return {"representation": Path(cfg.run).name, "head": head, "head_params": params, "generator": gen,
             "n": n, "expid": expid, "setup": cfg.setup, "seed": cfg.seed, "inputs": inputs}
 
@@ -149,7 +153,8 @@ def training_set(ctx: Context, n: int, expid: int, seed: int) -> Tuple[torch.Ten
 def run_cell(ctx: Context, head_name: str, n: int, expid: int) -> Optional[Path]:
     """Fit one head on one cell's training set, score the test rows, write the result JSON."""
     head = HEADS.create(head_name, **ctx.cfg.head_params.get(head_name, {}))
-    identity = cell_identity(ctx, head_name, head.get_params(), n, expid)
+    head_inputs = head.input_digests(ctx.task) if hasattr(head, "input_digests") else None
+    identity = cell_identity(ctx, head_name, head.get_params(), n, expid, head_inputs)
     path = result_path(ctx.out_dir, identity)
     if not ctx.cfg.force and has_result(path, identity):
         return None

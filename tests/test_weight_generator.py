@@ -174,13 +174,16 @@ def test_training_is_deterministic_cached_and_weights_only(feature_project, caps
     assert "up to date" in capsys.readouterr().out
 
 
-def test_cli_trains_then_benchmarks_and_refuses_too_many_fake_novel_classes(feature_project):
+def test_cli_trains_benchmarks_recomputes_after_retraining_and_refuses_too_many_fake_novel_classes(feature_project):
     from synthetic_cli import error_line, invoke
     out = invoke("train-weight-generator", "--run", "runs/synth", "--device", "cpu", "--set", "episodes=3",
                  "--set", "shots=[1]")
     assert out.exit_code == 0 and "runs/synth/heads/weight_generator.pt" in out.output
-    out = invoke("benchmark", "--run", "runs/synth", "--heads", "weight_generator", "--n", "1", "--expid", "1",
-                 "--device", "cpu")
+    bench = ("benchmark", "--run", "runs/synth", "--heads", "weight_generator", "--n", "1", "--expid", "1", "--device", "cpu")
+    out = invoke(*bench)
     assert out.exit_code == 0 and "1 new result files" in out.output
+    assert "0 new result files" in invoke(*bench).output  # up to date
+    invoke("train-weight-generator", "--run", "runs/synth", "--device", "cpu", "--set", "episodes=4", "--set", "shots=[1]")
+    assert "1 new result files" in invoke(*bench).output  # another generator: the cell is recomputed
     line = error_line(invoke("train-weight-generator", "--run", "runs/synth", "--set", "novel_per_episode=6"))
     assert "6 fake novel classes per episode" in line and "train.hdf5" in line

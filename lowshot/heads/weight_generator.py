@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -132,11 +132,27 @@ class WeightGenerator(Head):
             rows = net.novel_weights(support.float(), support.new_ones(support.shape[:-1], dtype=torch.bool), every)
             return net.logits(query.float(), rows)
 
+    def input_digests(self, task: Task) -> Dict[str, str]:
+        """Fingerprint of the generator file, which `lowshot benchmark` adds to a cell's identity: a cell
+        computed with another (e.g. retrained) generator is recomputed, not skipped."""
+        from lowshot.io.fingerprint import file_digest
+        from lowshot.train_weight_generator import MISSING
+        path = self._path(task)
+        if not path.exists():
+            raise InputError(path, MISSING)
+        key = ("weight_generator_digest", str(path), path.stat().st_mtime_ns)
+        if key not in task.cache:
+            task.cache[key] = file_digest(path)
+        return {"weight_generator": task.cache[key]}
+
+    def _path(self, task: Task) -> Path:
+        from lowshot.run import RunFolder
+        return Path(self.model) if self.model else RunFolder(Path(task.run_dir or ".")).weight_generator_model
+
     def _load(self, task: Task, dim: int, shots: int) -> FewShotWeightGenerator:
         """The generator trained for `shots` shots, read once per process (memoised in `task.cache`)."""
-        from lowshot.run import RunFolder
         from lowshot.train_weight_generator import load_generator
-        path = Path(self.model) if self.model else RunFolder(Path(task.run_dir or ".")).weight_generator_model
+        path = self._path(task)
         key = ("weight_generator", str(path), str(task.device), shots)
         if key not in task.cache:
             task.cache[key] = load_generator(path, dim, shots).to(task.device).eval()
