@@ -177,7 +177,12 @@ def _added_identity(path: Path) -> Optional[Dict[str, Any]]:
 
 
 def _features_path(cfg: AddClassConfig, clf: Classifier) -> Path:
-    return Path(cfg.features) if cfg.features else RunFolder(Path(clf.config["run"])).features / "train.hdf5"
+    """The cached train features `--fine-tune` reads, or an `InputError` saying how to make them."""
+    path = Path(cfg.features) if cfg.features else RunFolder(Path(clf.config["run"])).features / "train.hdf5"
+    if not path.exists():
+        raise InputError(path, f"feature file not found: --fine-tune needs the run's cached base features (run "
+                               f"`lowshot features --checkpoint {clf.source['checkpoint']}`, or pass --features)")
+    return path
 
 
 def _new_rows(clf: Classifier, shots: torch.Tensor, cfg: AddClassConfig, device: torch.device):
