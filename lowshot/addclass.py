@@ -180,9 +180,13 @@ def _features_path(cfg: AddClassConfig, clf: Classifier) -> Path:
     """The cached train features `--fine-tune` reads, or an `InputError` saying how to make them."""
     path = Path(cfg.features) if cfg.features else RunFolder(Path(clf.config["run"])).features / "train.hdf5"
     if not path.exists():
-        raise InputError(path, f"feature file not found: --fine-tune needs the run's cached base features (run "
-                               f"`lowshot features --checkpoint {clf.source['checkpoint']}`, or pass --features)")
+        raise InputError(path, f"feature file not found: --fine-tune needs the run's cached base features "
+                               f"(run {_features_command(clf)}, or pass --features)")
     return path
+
+
+def _features_command(clf: Classifier) -> str:
+    return f"`lowshot features --run {clf.config['run']} --checkpoint {clf.source['checkpoint']}`"
 
 
 def _new_rows(clf: Classifier, shots: torch.Tensor, cfg: AddClassConfig, device: torch.device):
@@ -207,7 +211,7 @@ def _known_features(clf: Classifier, cfg: AddClassConfig, device: torch.device):
     fs = read_features(path)
     if fs.attrs.get("checkpoint_sha1") != clf.source["sha1"]:
         raise InputError(path, f"was not extracted from {clf.source['checkpoint']} (SHA-1 {clf.source['sha1']}): "
-                               f"run `lowshot features --checkpoint {clf.source['checkpoint']}` or pass --features")
+                               f"run {_features_command(clf)} or pass --features")
     ids = np.asarray(clf.class_ids)
     row_of = np.full(max(int(fs.labels.max()), int(ids.max())) + 1, -1)
     row_of[ids[ids >= 0]] = np.flatnonzero(ids >= 0)
