@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lowshot.checkpoints import load_checkpoint
 from lowshot.config import pick_device, versions
 from lowshot.errors import InputError
 from lowshot.heads._common import generator, group_rows
@@ -139,12 +140,7 @@ def train_matching(cfg: MatchingTrainConfig) -> Path:
 
 def load_model_file(path: str | Path) -> Dict:
     """The dict saved by `train_matching` (loaded with `weights_only=True`), or a one-line `InputError`."""
-    if not Path(path).exists():
-        raise InputError(path, MISSING)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt file
-        raise InputError(path, f"cannot load the matching network ({e.__class__.__name__})") from None
+    return load_checkpoint(path, MISSING, "the matching network")
 
 
 def load_matching_net(path: str | Path, dim: int) -> MatchingNet:

@@ -120,3 +120,11 @@ def test_feature_dimension_must_match(feature_project):
     task = Task(12, np.array([3, 4, 5]), np.array([9, 10, 11]), run_dir="runs/synth")
     with pytest.raises(InputError, match="16-dimensional"):
         HEADS.create("matching", model=str(path)).fit(torch.randn(4, 8), torch.tensor([3, 4, 9, 10]), task)
+
+
+def test_a_retrained_network_recomputes_its_cells(feature_project):
+    cfg = BenchmarkConfig(run="runs/synth", heads=["matching"], ns=[1], expids=[1])
+    train_matching(MatchingTrainConfig(run="runs/synth", **{**TINY, "episodes": 2}))
+    assert len(benchmark(cfg)) == 1 and benchmark(cfg) == []  # written, then up to date
+    train_matching(MatchingTrainConfig(run="runs/synth", **{**TINY, "episodes": 3}))
+    assert len(benchmark(cfg)) == 1  # another network: the cell is recomputed, not skipped

@@ -1,6 +1,7 @@
 """Maths shared by several heads: normalisation, class means, distances, grouping, cache keys."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Tuple
 
 import torch
@@ -56,6 +57,19 @@ def cosine_scale(task, head: str) -> float:
     if task.classifier_scale is None:
         raise InputError(None, f"head '{head}' {COSINE_HINT if task.classifier_weight is not None else NO_CLASSIFIER}")
     return float(task.classifier_scale)
+
+
+def model_file_digest(task, path: Path, missing: str) -> str:
+    """SHA-1 of a head's trained-model file (memoised in `task.cache` per path and mtime), or an
+    `InputError` saying `missing`. A head returns it from `input_digests`, so `lowshot benchmark`
+    recomputes its cells when the model is retrained instead of skipping them."""
+    from lowshot.io.fingerprint import file_digest
+    if not path.exists():
+        raise InputError(path, missing)
+    key = ("model_file_digest", str(path), path.stat().st_mtime_ns)
+    if key not in task.cache:
+        task.cache[key] = file_digest(path)
+    return task.cache[key]
 
 
 def base_rows(task, head: str, device: torch.device) -> torch.Tensor:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from lowshot.heads import HEADS, Head, Task
-from lowshot.heads._common import generator, group_rows, split_base
+from lowshot.heads._common import generator, group_rows, model_file_digest, split_base
 
 
 class MatchingNet(nn.Module):
@@ -129,11 +129,20 @@ class Matching(Head):
                    for x in feats.to(self.g_.device).float().split(batch_size)]
         return torch.cat(out) if out else self.g_.new_zeros(0, self.num_classes_)
 
+    def input_digests(self, task: Task) -> Dict[str, str]:
+        """Fingerprint of the network file, which `lowshot benchmark` adds to a cell's identity: a cell
+        computed with another (e.g. retrained) network is recomputed, not skipped."""
+        from lowshot.train_matching import MISSING
+        return {"matching_network": model_file_digest(task, self._path(task), MISSING)}
+
+    def _path(self, task: Task) -> Path:
+        from lowshot.run import RunFolder
+        return Path(self.model) if self.model else RunFolder(Path(task.run_dir or ".")).matching_model
+
     def _load(self, task: Task, dim: int) -> MatchingNet:
         """The trained network, read once per process (memoised in `task.cache`)."""
-        from lowshot.run import RunFolder
         from lowshot.train_matching import load_matching_net
-        path = Path(self.model) if self.model else RunFolder(Path(task.run_dir or ".")).matching_model
+        path = self._path(task)
         key = ("matching_net", str(path), str(task.device))
         if key not in task.cache:
             task.cache[key] = load_matching_net(path, dim).to(task.device).eval()

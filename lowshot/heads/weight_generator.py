@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lowshot.errors import InputError
 from lowshot.heads import HEADS, Head, Task
-from lowshot.heads._common import group_rows, l2_normalise, mask_absent, split_base
+from lowshot.heads._common import group_rows, l2_normalise, mask_absent, model_file_digest, split_base
 
 
 class FewShotWeightGenerator(nn.Module):
@@ -135,15 +134,8 @@ class WeightGenerator(Head):
     def input_digests(self, task: Task) -> Dict[str, str]:
         """Fingerprint of the generator file, which `lowshot benchmark` adds to a cell's identity: a cell
         computed with another (e.g. retrained) generator is recomputed, not skipped."""
-        from lowshot.io.fingerprint import file_digest
         from lowshot.train_weight_generator import MISSING
-        path = self._path(task)
-        if not path.exists():
-            raise InputError(path, MISSING)
-        key = ("weight_generator_digest", str(path), path.stat().st_mtime_ns)
-        if key not in task.cache:
-            task.cache[key] = file_digest(path)
-        return {"weight_generator": task.cache[key]}
+        return {"weight_generator": model_file_digest(task, self._path(task), MISSING)}
 
     def _path(self, task: Task) -> Path:
         from lowshot.run import RunFolder
