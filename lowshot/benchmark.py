@@ -153,7 +153,7 @@ def training_set(ctx: Context, n: int, expid: int, seed: int) -> Tuple[torch.Ten
 def run_cell(ctx: Context, head_name: str, n: int, expid: int) -> Optional[Path]:
     """Fit one head on one cell's training set, score the test rows, write the result JSON."""
     head = HEADS.create(head_name, **ctx.cfg.head_params.get(head_name, {}))
-    head_inputs = head.input_digests(ctx.task) if hasattr(head, "input_digests") else None
+    head_inputs = head.input_digests(ctx.task) or None
     identity = cell_identity(ctx, head_name, head.get_params(), n, expid, head_inputs)
     path = result_path(ctx.out_dir, identity)
     if not ctx.cfg.force and has_result(path, identity):
@@ -187,6 +187,23 @@ def check_finite(scores: torch.Tensor, identity: Dict[str, Any]) -> None:
                            f"setup {identity['setup']} (non-finite scores); no result written; {hint}")
 
 
+def runnable_heads(ctx: Context) -> List[str]:
+    """The heads to run, each asked (`check_inputs`) before any cell: a named head that cannot run on
+    these inputs is its one-line `InputError`; `all` is every registered head that can, and names the others."""
+    if ctx.cfg.heads != ["all"]:
+        for name in ctx.cfg.heads:
+            HEADS.create(name, **ctx.cfg.head_params.get(name, {})).check_inputs(ctx.task)
+        return ctx.cfg.heads
+    keep = []
+    for name in HEADS.names():
+        try:
+            HEADS.create(name, **ctx.cfg.head_params.get(name, {})).check_inputs(ctx.task)
+            keep.append(name)
+        except InputError as e:
+            print(f"--heads all: skipping {name}: {e}", flush=True)
+    return keep
+
+
 def benchmark(cfg: BenchmarkConfig) -> List[Path]:
     """Run every requested cell that has no result yet; returns the paths written."""
     bad = [n for n in cfg.ns if n < 1]
@@ -195,11 +212,12 @@ def benchmark(cfg: BenchmarkConfig) -> List[Path]:
     if cfg.max_per_label and min(cfg.ns) > cfg.max_per_label:
         raise InputError(None, f"--max-per-label {cfg.max_per_label} is below every n {cfg.ns}: nothing to generate")
     for name in cfg.heads:
-        HEADS.get(name)
+        if name != "all":
+            HEADS.get(name)
     cfg.expids = cfg.expids or default_expids()
     ctx = load_context(cfg)
     written = []
-    for head in cfg.heads:
+    for head in runnable_heads(ctx):
         for n in cfg.ns:
             for expid in cfg.expids:
                 path = run_cell(ctx, head, n, expid)

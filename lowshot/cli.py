@@ -26,12 +26,13 @@ class Group(click.Group):
 class RegistryChoice(click.Choice):
     """A choice among a registry's names, read from the registry when first needed.
 
-    `many=True` takes a comma-separated list (or `all`) and returns a list of names. An unknown
-    name is the registry's own one-line error, which lists the valid choices.
+    `many=True` takes a comma-separated list (or `all`) and returns a list of names; with
+    `keep_all=True`, `all` stays `["all"]` for the stage to expand (to what can run on its inputs).
+    An unknown name is the registry's own one-line error, which lists the valid choices.
     """
 
-    def __init__(self, module: str, attr: str, many: bool = False):
-        self._where, self.many, self.case_sensitive = (module, attr), many, True
+    def __init__(self, module: str, attr: str, many: bool = False, keep_all: bool = False):
+        self._where, self.many, self.keep_all, self.case_sensitive = (module, attr), many, keep_all, True
 
     def registry(self):
         import importlib
@@ -44,6 +45,8 @@ class RegistryChoice(click.Choice):
     def convert(self, value, param, ctx):
         if isinstance(value, list):
             return value
+        if self.many and self.keep_all and value == "all":
+            return ["all"]
         names = list(self.choices) if self.many and value == "all" else (
             [v.strip() for v in value.split(",") if v.strip()] if self.many else [value])
         for name in names:
@@ -208,8 +211,8 @@ def train_weight_generator(run, force, config, sets, seed, device):
 
 @main.command()
 @click.option("--run", default=None, help="Run folder (or name under runs/).")
-@click.option("--heads", default=None, type=RegistryChoice("lowshot.heads", "HEADS", many=True),
-              help="Comma-separated head names, or 'all' [default: logreg].")
+@click.option("--heads", default=None, type=RegistryChoice("lowshot.heads", "HEADS", many=True, keep_all=True),
+              help="Comma-separated head names, or 'all' (every head these inputs allow) [default: logreg].")
 @click.option("--n", "ns", default=None, callback=_int_list, help="Comma-separated shot counts [default: 1,2,5,10,20].")
 @click.option("--expid", default=None, callback=_int_list,
               help="Experiment ids, comma-separated [default: $SLURM_ARRAY_TASK_ID or 1-5].")

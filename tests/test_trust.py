@@ -144,3 +144,24 @@ def test_config_file_heads_and_ns_are_not_masked_by_flag_defaults(feature_projec
     out = invoke("benchmark", *RUN, "--config", "bench.json", "--set", "ns=5", "--set", "seed=3")
     (fresh,) = [r for r in _results().values() if r["n"] == 5]
     assert fresh["seed"] == 3 and isinstance(fresh["seed"], int)
+
+
+def _drop_classifier() -> None:
+    for split in ("train", "test"):
+        path = f"runs/synth/features/{split}.hdf5"
+        fs = read_features(path)
+        write_features(path, FeatureSet(fs.feats, fs.labels, fs.attrs))
+
+
+def test_heads_all_runs_what_the_inputs_allow_and_a_named_head_fails_before_any_cell(feature_project):
+    _drop_classifier()
+    out = invoke("benchmark", "--run", "runs/synth", "--heads", "all", "--n", "1", "--expid", "1")
+    assert out.exit_code == 0, out.output
+    ran = {r["head"] for r in _results().values()}
+    for name in ("imprint", "imprint_ft", "rand_ft", "raw_imprint", "matching", "weight_generator"):
+        assert name not in ran and f"skipping {name}:" in out.output
+    assert {"logreg", "protonet", "cosine_ncm", "bd_cspn"} <= ran
+    line = error_line(invoke("benchmark", "--run", "runs/synth", "--heads", "protonet,imprint", "--n", "1",
+                             "--expid", "2"))
+    assert "'imprint'" in line and "classifier_weight" in line
+    assert not [r for r in _results().values() if r["expid"] == 2]  # protonet, listed first, ran no cell either

@@ -63,6 +63,16 @@ class Head:
         """Scores of shape (N, task.num_classes); higher is more likely; −inf for impossible classes."""
         raise NotImplementedError
 
+    def input_digests(self, task: Task) -> Dict[str, str]:
+        """Fingerprints of the files other than the features that the head reads (a trained model), which
+        join a cell's identity; an `InputError` when one is missing. Default: none."""
+        return {}
+
+    def check_inputs(self, task: Task) -> None:
+        """Raise a one-line `InputError` when the head cannot run on these inputs (a classifier or a
+        trained model it needs is missing). `lowshot benchmark` asks every head before its first cell."""
+        self.input_digests(task)
+
     def _check_fitted(self, attr: str) -> None:
         if not hasattr(self, attr):
             raise RuntimeError(f"{type(self).__name__}.scores called before fit")

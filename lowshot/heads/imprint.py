@@ -39,6 +39,9 @@ class Imprint(Head):
     def __init__(self):
         pass
 
+    def check_inputs(self, task: Task) -> None:
+        cosine_scale(task, "imprint")
+
     def fit(self, feats: torch.Tensor, labels: torch.Tensor, task: Task) -> "Imprint":
         self.scale_ = cosine_scale(task, "imprint")
         self.weight_, self.present_ = imprinted_weight(feats, labels, task, "imprint")

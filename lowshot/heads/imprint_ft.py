@@ -41,6 +41,9 @@ class ImprintFT(Head):
         self.wd = wd
         self.weighted = weighted
 
+    def check_inputs(self, task: Task) -> None:
+        cosine_scale(task, "rand_ft" if self.random_init else "imprint_ft")
+
     def fit(self, feats: torch.Tensor, labels: torch.Tensor, task: Task) -> "ImprintFT":
         name = "rand_ft" if self.random_init else "imprint_ft"
         scale = cosine_scale(task, name)

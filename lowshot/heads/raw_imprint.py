@@ -23,6 +23,9 @@ class RawImprint(Head):
     def __init__(self):
         pass
 
+    def check_inputs(self, task: Task) -> None:
+        base_rows(task, "raw_imprint", task.device)
+
     def fit(self, feats: torch.Tensor, labels: torch.Tensor, task: Task) -> "RawImprint":
         base, is_base = split_base(labels, task)
         self.weight_, counts = class_means(feats[~is_base].float(), labels[~is_base], task.num_classes)
