@@ -131,7 +131,7 @@ def planned_stages(cfg: SlurmConfig) -> List[str]:
 def _needs(cfg: SlurmConfig, run: RunFolder) -> Dict[str, List[Tuple[str, Path]]]:
     """stage -> [(the stage that makes it, input path)], in the run folder's default layout."""
     train_feats = ("features", run.features / "train.hdf5")
-    matching = [("train-matching", run.matching_model)] if "matching" in cfg.heads else []
+    matching = [("train-matching", run.matching_model)] if "matching" in cfg.heads else []  # `all` skips it if absent
     return {"features": [("train", run.last_checkpoint)], "generate": [train_feats], "train-matching": [train_feats],
             "benchmark": [train_feats, ("features", test_features_path(run.features))] + matching}
 
@@ -162,8 +162,8 @@ def command(cfg: SlurmConfig, stage: str) -> str:
 
 
 def array_cells(cfg: SlurmConfig) -> List[Tuple[str, int]]:
-    """(heads, experiment id) of each benchmark array task, task id = position."""
-    if cfg.array_by == "experiment":
+    """(heads, experiment id) of each benchmark array task, task id = position (`all`: one task per experiment)."""
+    if cfg.array_by == "experiment" or cfg.heads == ["all"]:
         return [(",".join(cfg.heads), e) for e in cfg.expids]
     return [(h, e) for h in cfg.heads for e in cfg.expids]
 
