@@ -24,7 +24,7 @@ from lowshot.io.atomic import atomic_path, write_json
 from lowshot.io.results import read_results
 from lowshot.report import _write_csv, check_same_inputs, long_table, summary
 from lowshot.representations import (RepresentationsConfig, choose_weights, cosine_run, difference_table,
-                                     representation_tables, setup1_scores, sweep_runs, sweep_table)
+                                     representation_tables, setup1_scores, sweep_runs, sweep_table, table_methods)
 from lowshot.train import TrainConfig, train
 
 TIMES: Dict[str, float] = {}
@@ -92,6 +92,7 @@ def main(path: str) -> None:
 
 def write_report(cfg: RepresentationsConfig, runs, df1, chosen, final: List[str]) -> None:
     df2 = results(final, "results")
+    df2 = df2[df2["method"].isin(table_methods(cfg))]
     summ = summary(df2)
     out = Path(f"{cfg.prefix}-report")
     names = {loss: Path(run).name for loss, (_, run) in chosen.items()}
@@ -100,7 +101,7 @@ def write_report(cfg: RepresentationsConfig, runs, df1, chosen, final: List[str]
     text = ["## Sweep (setup 1, logreg, " + cfg.criterion + " %, mean over 5 experiments)",
             sweep_table(runs, df1, cfg.criterion, chosen, stats),
             "## Setup 2", representation_tables(summ), "## Paired differences", difference_table(df2, pairs),
-            f"Total time: {sum(TIMES.values()):.0f} s (this process's stages; skipped stages count ~0)"]
+            f"This invocation's stages took {sum(TIMES.values()):.0f} s (stages already done are skipped: ~0 s)"]
     _write_csv(df1, out / "setup1_long.csv")
     _write_csv(df2, out / "setup2_long.csv")
     _write_csv(summ, out / "setup2_summary.csv")

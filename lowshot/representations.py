@@ -98,7 +98,8 @@ def sweep_table(runs: Sequence[Tuple[str, float, str]], df: pd.DataFrame, criter
     for loss, weight, run in runs:
         name = run.rstrip("/").split("/")[-1]
         stats = train_stats.get(name, {})
-        row = {"representation": name + (" (chosen)" if chosen.get(loss, (None, None))[1] == run else ""),
+        mark = loss != "none" and chosen.get(loss, (None, None))[1] == run
+        row = {"representation": name + (" (chosen)" if mark else ""),
                "loss": loss, "weight": f"{weight:g}",
                "train base top-1": f"{100 * stats['val_top1']:.1f}" if "val_top1" in stats else "",
                "final aux": f"{stats['aux']:.3g}" if "aux" in stats else ""}
@@ -120,6 +121,11 @@ def difference_table(df: pd.DataFrame, pairs: Sequence[Tuple[str, str]], metrics
             wide.columns = [f"n={n}" for n in wide.columns]
             parts.append(f"**{a} − {b}, {method}** (setup 2, paired over experiments, points)\n\n{_markdown(wide)}")
     return "\n\n".join(parts)
+
+
+def table_methods(cfg: RepresentationsConfig) -> List[str]:
+    """The methods the table shows (a shared run folder, e.g. the demo's, may hold results of other heads)."""
+    return cfg.heads + cfg.cosine_heads + [f"logreg+analogies(M={cfg.max_per_label})"]
 
 
 def representation_tables(summ: pd.DataFrame) -> str:

@@ -7,7 +7,7 @@ import pytest
 from lowshot.errors import InputError
 from lowshot.report import long_table, paired_difference, summary
 from lowshot.representations import (RepresentationsConfig, choose_weights, cosine_run, difference_table, representation_tables,
-                                     run_name, setup1_scores, sweep_runs, sweep_table)
+                                     run_name, setup1_scores, sweep_runs, sweep_table, table_methods)
 
 
 def _result(rep, setup, n, expid, novel, base=0.8, head="logreg", generator=None):
@@ -44,7 +44,7 @@ def test_weights_are_chosen_on_setup_1_only():
                       "l2": (0.03, "runs/rep-l2-0.03")}
     table = sweep_table(_runs(), df, "top1_all", chosen, {"rep-sgm-0.002": {"val_top1": 0.855, "aux": 3.21}})
     assert "| rep-sgm-0.002 (chosen) | sgm | 0.002 | 85.5 | 3.21 | 60.00 | 60.00 | 60.00 |" in table
-    assert "| rep-sgm-0.02 | sgm | 0.02 |" in table
+    assert "| rep-sgm-0.02 | sgm | 0.02 |" in table and "| rep-none | none | 0 |" in table
 
 
 def test_ties_go_to_the_smaller_weight_and_missing_scores_are_an_error():
@@ -73,6 +73,11 @@ def test_paired_difference_of_representations_pairs_by_method_and_experiment():
     text = difference_table(df, [("A", "B")])
     assert "**A − B, logreg**" in text and "| top1_novel | 2.00 ± 2.48 |" in text
     assert "| top1_all | 1.00 ± 1.24 |" in text
+
+
+def test_table_methods():
+    cfg = RepresentationsConfig(heads=["logreg"], cosine_heads=["imprint"], max_per_label=5)
+    assert table_methods(cfg) == ["logreg", "imprint", "logreg+analogies(M=5)"]
 
 
 def test_setup2_tables_have_a_row_per_representation_and_method():
