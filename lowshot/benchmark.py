@@ -190,14 +190,17 @@ def check_finite(scores: torch.Tensor, identity: Dict[str, Any]) -> None:
 def runnable_heads(ctx: Context) -> List[str]:
     """The heads to run, each asked (`check_inputs`) before any cell: a named head that cannot run on
     these inputs is its one-line `InputError`; `all` is every registered head that can, and names the others."""
+    def check(name: str) -> None:
+        HEADS.create(name, **ctx.cfg.head_params.get(name, {})).check_inputs(ctx.task)
+
     if ctx.cfg.heads != ["all"]:
         for name in ctx.cfg.heads:
-            HEADS.create(name, **ctx.cfg.head_params.get(name, {})).check_inputs(ctx.task)
+            check(name)
         return ctx.cfg.heads
     keep = []
     for name in HEADS.names():
         try:
-            HEADS.create(name, **ctx.cfg.head_params.get(name, {})).check_inputs(ctx.task)
+            check(name)
             keep.append(name)
         except InputError as e:
             print(f"--heads all: skipping {name}: {e}", flush=True)
