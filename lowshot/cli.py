@@ -178,10 +178,18 @@ def features(run, checkpoint, backbone, weights, random_init, dataset, root, for
 @common
 def generate(run, force, config, sets, seed, device):
     """Train the analogy-based feature generator on base-class features (<run>/generator/)."""
+    _features_stage("lowshot.generate", "GenerateConfig", "generate", "generator", run, force, config, sets, seed,
+                    device)
+
+
+def _features_stage(module: str, config_cls: str, stage: str, label: str, run, force, config, sets, seed, device):
+    """Run a stage that trains on a run's cached features: resolve its config, run it, print what it wrote."""
+    import importlib
     from lowshot.run import run_dir
-    from lowshot.generate import GenerateConfig, generate as generate_stage
-    cfg = _resolve(GenerateConfig, config, sets, run=run and run_dir(run), force=force, seed=seed, device=device)
-    click.echo(f"generator: {generate_stage(cfg)}")
+    mod = importlib.import_module(module)
+    cfg = _resolve(getattr(mod, config_cls), config, sets, run=run and run_dir(run), force=force, seed=seed,
+                   device=device)
+    click.echo(f"{label}: {getattr(mod, stage)(cfg)}")
 
 
 @main.command("train-matching")
@@ -190,10 +198,8 @@ def generate(run, force, config, sets, seed, device):
 @common
 def train_matching(run, force, config, sets, seed, device):
     """Train the matching network episodically on base-class features (<run>/heads/matching.pt)."""
-    from lowshot.run import run_dir
-    from lowshot.train_matching import MatchingTrainConfig, train_matching as stage
-    cfg = _resolve(MatchingTrainConfig, config, sets, run=run and run_dir(run), force=force, seed=seed, device=device)
-    click.echo(f"matching network: {stage(cfg)}")
+    _features_stage("lowshot.train_matching", "MatchingTrainConfig", "train_matching", "matching network", run, force,
+                    config, sets, seed, device)
 
 
 @main.command("train-weight-generator")
@@ -202,11 +208,8 @@ def train_matching(run, force, config, sets, seed, device):
 @common
 def train_weight_generator(run, force, config, sets, seed, device):
     """Train Gidaris & Komodakis' few-shot weight generator on base-class features (<run>/heads/weight_generator.pt)."""
-    from lowshot.run import run_dir
-    from lowshot.train_weight_generator import WeightGeneratorTrainConfig, train_weight_generator as stage
-    cfg = _resolve(WeightGeneratorTrainConfig, config, sets, run=run and run_dir(run), force=force, seed=seed,
-                   device=device)
-    click.echo(f"weight generator: {stage(cfg)}")
+    _features_stage("lowshot.train_weight_generator", "WeightGeneratorTrainConfig", "train_weight_generator",
+                    "weight generator", run, force, config, sets, seed, device)
 
 
 @main.command()
