@@ -154,6 +154,17 @@ def check_compatible(train: FeatureSet, test: Optional[FeatureSet], splits: Labe
                                     "re-run `lowshot features` so both come from one checkpoint")
 
 
+def base_train_rows(run: str, features_dir: Optional[str] = None,
+                    splits: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, FeatureSet]:
+    """The base classes' train rows of a run, for the stages that train on them: features (N, d),
+    labels (N,) and the train `FeatureSet`; an `InputError` when the file has none."""
+    inputs = load_inputs(run, features_dir, splits, need_test=False)
+    feats, labels = rows_of(inputs.train, inputs.splits.base_classes)
+    if not len(labels):
+        raise InputError(inputs.train.path, "has no rows of the base classes")
+    return feats, labels, inputs.train
+
+
 def rows_of(fs: FeatureSet, classes: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
     """The rows of `fs` whose label is in `classes`: features (n, d) contiguous and labels (n,).
 

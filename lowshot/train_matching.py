@@ -26,7 +26,7 @@ from lowshot.errors import InputError
 from lowshot.heads._common import generator, group_rows
 from lowshot.heads.matching import MatchingNet, one_thread
 from lowshot.io.atomic import save_torch
-from lowshot.run import RunFolder, load_inputs, rows_of
+from lowshot.run import RunFolder, base_train_rows
 
 MISSING = "no trained matching network: run `lowshot train-matching --run <run>` first"
 DEFAULT_EPISODES, DEFAULT_CLASSES_PER_EPISODE = 2000, 50
@@ -61,12 +61,9 @@ def schedule(cfg: MatchingTrainConfig, num_base: int) -> Dict[str, int]:
 
 def load_base_rows(cfg: MatchingTrainConfig):
     """Base-class train features (N, d), labels (N,), the file's path and a digest of the rows."""
-    inputs = load_inputs(cfg.run, cfg.features_dir, cfg.splits, need_test=False)
-    feats, labels = rows_of(inputs.train, inputs.splits.base_classes)
-    if not len(labels):
-        raise InputError(inputs.train.path, "has no rows of the base classes")
+    feats, labels, train = base_train_rows(cfg.run, cfg.features_dir, cfg.splits)
     digest = hashlib.sha1(feats.tobytes() + labels.tobytes()).hexdigest()[:16]
-    return torch.from_numpy(feats), torch.from_numpy(labels), inputs.train.path, digest
+    return torch.from_numpy(feats), torch.from_numpy(labels), train.path, digest
 
 
 def sample_episode(rows: torch.Tensor, valid: torch.Tensor, m: int, max_shots: int, gen: torch.Generator):

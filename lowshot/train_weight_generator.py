@@ -33,7 +33,7 @@ from lowshot.heads._common import class_means, generator, group_rows, l2_normali
 from lowshot.heads.matching import one_thread
 from lowshot.heads.weight_generator import FewShotWeightGenerator
 from lowshot.io.atomic import save_torch
-from lowshot.run import RunFolder, load_inputs, rows_of
+from lowshot.run import RunFolder, base_train_rows
 
 MISSING = "no trained weight generator: run `lowshot train-weight-generator --run <run>` first"
 IMAGENET_NOVEL_FRACTION = 250 / 389  # fake novel classes per episode in the paper's ImageNet stage 2
@@ -82,11 +82,7 @@ def load_base(cfg: WeightGeneratorTrainConfig) -> BaseRows:
     Without a stored classifier (features of an external model) the base rows start at the
     normalised class means and s at 10, which the run prints.
     """
-    inputs = load_inputs(cfg.run, cfg.features_dir, cfg.splits, need_test=False)
-    train = inputs.train
-    feats, labels = rows_of(train, inputs.splits.base_classes)
-    if not len(labels):
-        raise InputError(train.path, "has no rows of the base classes")
+    feats, labels, train = base_train_rows(cfg.run, cfg.features_dir, cfg.splits)
     feats, labels = torch.from_numpy(feats).float(), torch.from_numpy(labels).long()
     classes = torch.unique(labels)
     digest = hashlib.sha1(feats.numpy().tobytes() + labels.numpy().tobytes())
