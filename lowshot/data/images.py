@@ -18,7 +18,7 @@ from PIL import Image
 
 from lowshot.data import ImageDataset, normalise_images
 from lowshot.data.files import IMAGE_SUFFIXES, images_in
-from lowshot.data.stream import UnreadableImage
+from lowshot.data.stream import UnreadableImage, open_image
 from lowshot.data.transforms import TRANSFORMS
 from lowshot.errors import InputError
 
@@ -66,16 +66,6 @@ def folder_images(folder: str) -> List[str]:
     if not names:
         raise InputError(folder, f"has no image file (looked for {', '.join(IMAGE_SUFFIXES)})")
     return [os.path.join(folder, n) for n in names]
-
-
-def open_image(path: str) -> Image.Image:
-    """The decoded image at `path` (fully loaded), or `UnreadableImage` naming the file."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UnreadableImage(path, f"cannot decode image ({e.__class__.__name__}: {e})") from None
 
 
 def read_images(paths: Sequence[str], spec: InputSpec, skip_bad: bool) -> Tuple[torch.Tensor, List[str], List[str]]:

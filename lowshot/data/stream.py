@@ -7,7 +7,7 @@ workers or processes, and a resumed run sees exactly the crops an uninterrupted 
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator, List, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -52,13 +52,20 @@ class ImageFiles(Dataset):
         if isinstance(key, tuple):
             epoch, key = key
             torch.manual_seed(((self.seed * 1_000_003 + epoch) * 2_147_483_647 + key) % (1 << 63))
-        path = os.path.join(self.root, self.names[key])
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise UnreadableImage(path, f"cannot decode image ({e.__class__.__name__}: {e})") from None
+        image = open_image(os.path.join(self.root, self.names[key]), "RGB")
         return self.transform(image), int(self.labels[key])
+
+
+def open_image(path: str, mode: Optional[str] = None) -> Image.Image:
+    """The decoded image at `path` (converted to `mode` when given), or `UnreadableImage` naming the file."""
+    try:
+        with Image.open(path) as im:
+            if mode:
+                return im.convert(mode)
+            im.load()
+            return im.copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(path, f"cannot decode image ({e.__class__.__name__}: {e})") from None
 
 
 class EpochSampler(Sampler):
