@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from lowshot.backbones import Model
-from lowshot.checkpoints import load_checkpoint, model_from_config
+from lowshot.checkpoints import load_checkpoint, trained_model
 from lowshot.config import pick_device, versions
 from lowshot.data import DATASETS
 from lowshot.data.images import InputSpec, folder_images, read_images
@@ -86,27 +86,17 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
         raise InputError(path, f"unknown checkpoint format {ckpt['format']!r}; this version reads {FORMAT!r}")
     if "format" in ckpt:
         spec = InputSpec(**ckpt["input"])
-        model = _load_weights(path, ckpt, len(ckpt["classes"]), spec.channels)
+        model = trained_model(path, ckpt, len(ckpt["classes"]), spec.channels)
         return Classifier(model, list(ckpt["classes"]), list(ckpt["class_ids"]), spec, ckpt["config"],
                           dict(ckpt["source"]), list(ckpt["added"]))
     cfg = ckpt["config"]
     data = DATASETS.create(cfg["dataset"], **cfg.get("dataset_args", {}))
     splits = load_label_splits(splits_path(cfg["dataset"], cfg.get("splits")))
-    model = _load_weights(path, ckpt, data.num_classes, data.channels)
+    model = trained_model(path, ckpt, data.num_classes, data.channels)
     base = splits.base_classes
     model.classifier.weight = torch.nn.Parameter(model.classifier.weight.detach()[base].clone())
     source = {"checkpoint": str(path), "sha1": file_digest(path), "epoch": int(ckpt.get("epoch", -1))}
     return Classifier(model, [splits.label_names[c] for c in base], list(base), InputSpec.of(data, cfg), cfg, source)
-
-
-def _load_weights(path, ckpt: Dict[str, Any], num_classes: int, channels: int) -> Model:
-    model = model_from_config(ckpt["config"], num_classes, channels)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise InputError(path, f"weights do not match the model its config describes ({first})") from None
-    return model.eval()
 
 
 @torch.no_grad()

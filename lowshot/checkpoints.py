@@ -40,6 +40,18 @@ def load_checkpoint(path: str | os.PathLike, missing: str = "checkpoint not foun
         raise InputError(path, f"cannot load {what} ({e.__class__.__name__})") from None
 
 
+def trained_model(path: str | os.PathLike, ckpt: Dict[str, Any], num_classes: int, in_channels: int) -> Model:
+    """The model checkpoint `ckpt` (read from `path`) describes, with its weights, in eval mode; an
+    `InputError` when the weights do not fit the model its config describes."""
+    model = model_from_config(ckpt["config"], num_classes, in_channels)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise InputError(path, f"weights do not match the model its config describes ({first})") from None
+    return model.eval()
+
+
 def model_from_config(cfg: Dict[str, Any], num_classes: int, in_channels: int) -> Model:
     """The untrained model a training configuration describes."""
     return build_model(cfg["backbone"], cfg["classifier"], num_classes, in_channels, cfg["width"], cfg["stem"])

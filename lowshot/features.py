@@ -23,7 +23,7 @@ from tqdm import tqdm
 from lowshot import distributed
 from lowshot.backbones import Model
 from lowshot.backbones.external import build_external, check_source
-from lowshot.checkpoints import load_checkpoint, model_from_config
+from lowshot.checkpoints import load_checkpoint, trained_model
 from lowshot.data import DATASETS, ImageDataset
 from lowshot.data.feeds import FeedOptions, make_feed
 from lowshot.io.features import BLOCK_ROWS, FeatureSet, feature_writer
@@ -119,10 +119,9 @@ def _is_current(path: Path, digest: str) -> bool:
         return False
 
 
-def _load_model(ckpt, data, device: torch.device):
+def _load_model(ckpt_path: Path, ckpt, data, device: torch.device):
     """The checkpoint's model on `device` (channels_last if it was trained so)."""
-    model = model_from_config(ckpt["config"], data.num_classes, data.channels)
-    model.load_state_dict(ckpt["model"])
+    model = trained_model(ckpt_path, ckpt, data.num_classes, data.channels)
     model.to(device)
     return model.to(memory_format=torch.channels_last) if ckpt["config"].get("channels_last") else model
 
@@ -164,7 +163,7 @@ def features(cfg: FeaturesConfig) -> Dict[str, Path]:
     tcfg = ckpt["config"]
     ctx, device = distributed.setup(cfg.device)
     data = DATASETS.create(tcfg["dataset"], **tcfg["dataset_args"])
-    model = _load_model(ckpt, data, device)
+    model = _load_model(ckpt_path, ckpt, data, device)
     opts = FeedOptions(device, ctx, cfg.workers, tcfg.get("channels_last", False), False, tcfg.get("transforms"),
                        tcfg.get("image_size"), tcfg["seed"])
     clf = model.classifier
