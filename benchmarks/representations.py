@@ -22,7 +22,7 @@ from lowshot.features import FeaturesConfig, features
 from lowshot.generate import GenerateConfig, generate
 from lowshot.io.atomic import atomic_path, write_json
 from lowshot.io.results import read_results
-from lowshot.report import _write_csv, check_same_inputs, long_table, summary
+from lowshot.report import write_csv, check_same_inputs, long_table, summary
 from lowshot.representations import (RepresentationsConfig, choose_weights, cosine_run, difference_table,
                                      representation_tables, setup1_scores, sweep_runs, sweep_table, table_methods)
 from lowshot.train import TrainConfig, train
@@ -102,9 +102,9 @@ def write_report(cfg: RepresentationsConfig, runs, df1, chosen, final: List[str]
             sweep_table(runs, df1, cfg.criterion, chosen, stats),
             "## Setup 2", representation_tables(summ), "## Paired differences", difference_table(df2, pairs),
             f"This invocation's stages took {sum(TIMES.values()):.0f} s (stages already done are skipped: ~0 s)"]
-    _write_csv(df1, out / "setup1_long.csv")
-    _write_csv(df2, out / "setup2_long.csv")
-    _write_csv(summ, out / "setup2_summary.csv")
+    write_csv(df1, out / "setup1_long.csv")
+    write_csv(df2, out / "setup2_long.csv")
+    write_csv(summ, out / "setup2_summary.csv")
     write_json(out / "timings.json", {**TIMES, "config": str(cfg)})
     with atomic_path(out / "representations.md") as tmp:
         tmp.write_text("\n\n".join(text) + "\n")

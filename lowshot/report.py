@@ -109,7 +109,7 @@ def missing_cells(df: pd.DataFrame) -> List[str]:
     return out
 
 
-def _fmt(mean: float, ci: float) -> str:
+def format_mean_ci(mean: float, ci: float) -> str:
     return f"{mean:.2f}" if np.isnan(ci) else f"{mean:.2f} ± {ci:.2f}"
 
 
@@ -119,9 +119,9 @@ def hg_tables(summ: pd.DataFrame) -> str:
     for key, g in summ[summ["metric"].isin(HG_COLUMNS)].groupby(GROUP, sort=True):
         rep, method, setup = key
         runs = int(g["runs"].min())
-        wide = g.assign(cell=[_fmt(m, c) for m, c in zip(g["mean"], g["ci95"])]).pivot(index="n", columns="metric", values="cell")
+        wide = g.assign(cell=[format_mean_ci(m, c) for m, c in zip(g["mean"], g["ci95"])]).pivot(index="n", columns="metric", values="cell")
         wide = wide[list(HG_COLUMNS)].rename(columns=HG_COLUMNS)
-        parts.append(f"### {rep} / {method} (setup {setup}, {runs} experiments per row)\n\n{_markdown(wide)}")
+        parts.append(f"### {rep} / {method} (setup {setup}, {runs} experiments per row)\n\n{markdown_table(wide)}")
     return "\n\n".join(parts)
 
 
@@ -134,10 +134,10 @@ def comparison_tables(summ: pd.DataFrame, metrics: Sequence[str] = ("top1_novel"
         if g.empty:
             continue
         g = g.assign(row=g["representation"] + " / " + g["method"],
-                     cell=[_fmt(a, c) for a, c in zip(g["mean"], g["ci95"])])
+                     cell=[format_mean_ci(a, c) for a, c in zip(g["mean"], g["ci95"])])
         wide = g.pivot(index="row", columns="n", values="cell")
         wide.columns = [f"n={n}" for n in wide.columns]
-        parts.append(f"### {m}\n\n{_markdown(wide)}")
+        parts.append(f"### {m}\n\n{markdown_table(wide)}")
     return "\n\n".join(parts)
 
 
@@ -161,14 +161,14 @@ def paired_difference(df: pd.DataFrame, a: str, b: str, by: str = "method",
     return pd.DataFrame(rows)
 
 
-def _markdown(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
     header = "| " + " | ".join([str(df.index.name or "")] + [str(c) for c in df.columns]) + " |"
     rule = "|" + "---|" * (len(df.columns) + 1)
     body = ["| " + " | ".join([str(i)] + [str(v) for v in row]) + " |" for i, row in zip(df.index, df.to_numpy())]
     return "\n".join([header, rule] + body)
 
 
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
+def write_csv(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.4f")
 
@@ -208,21 +208,21 @@ def report(cfg: ReportConfig) -> str:
     _check_unique(df)
     summ = summary(df)
     out = Path(cfg.out_dir or Path(cfg.results[0]).parent / "report")
-    _write_csv(df, out / "results_long.csv")
-    _write_csv(summ, out / "summary.csv")
+    write_csv(df, out / "results_long.csv")
+    write_csv(summ, out / "summary.csv")
     for m in METRICS:
         g = summ[summ["metric"] == m]
         if len(g):
-            _write_csv(g.pivot_table(index=["representation", "method", "setup"], columns="n", values=["mean", "ci95"]).reset_index()
+            write_csv(g.pivot_table(index=["representation", "method", "setup"], columns="n", values=["mean", "ci95"]).reset_index()
                        .pipe(_flatten), out / f"table_{m}.csv")
     text = [hg_tables(summ)]
     if df["method"].nunique() > 1 or df["representation"].nunique() > 1:
         text.append("## Comparison across methods (mean ± 95 % interval over experiments, %)\n\n" + comparison_tables(summ))
     if cfg.compare:
         diff = paired_difference(df, *cfg.compare)
-        _write_csv(diff, out / "compare.csv")
-        text.append(f"## Paired difference {cfg.compare[0]} − {cfg.compare[1]} (points)\n\n" + _markdown(
-            diff.assign(cell=[_fmt(a, c) for a, c in zip(diff["difference"], diff["ci95"])])
+        write_csv(diff, out / "compare.csv")
+        text.append(f"## Paired difference {cfg.compare[0]} − {cfg.compare[1]} (points)\n\n" + markdown_table(
+            diff.assign(cell=[format_mean_ci(a, c) for a, c in zip(diff["difference"], diff["ci95"])])
             .pivot(index="n", columns="metric", values="cell")))
     lack = missing_cells(df)
     if lack:

@@ -16,7 +16,7 @@ import pandas as pd
 from lowshot.io.atomic import atomic_path
 from lowshot.io.fingerprint import file_digest
 from lowshot.io.splits import LabelSplits, load_label_splits
-from lowshot.report import _fmt, _markdown, _write_csv, method_name
+from lowshot.report import format_mean_ci, markdown_table, write_csv, method_name
 from lowshot.stats import mean_ci
 
 KEYS = ["representation", "method", "setup", "n"]
@@ -100,9 +100,9 @@ def confusion_markdown(summ: pd.DataFrame) -> str:
     used = summ[(summ["predicted"] != "other") | (summ["mean_count"] > 0)]
     parts = []
     for (rep, method, setup), g in used.groupby(KEYS[:3], sort=True):
-        g = g.assign(col=g["true"] + " → " + g["predicted"], cell=[_fmt(m, c) for m, c in zip(g["percent_of_true"], g["ci95"])])
+        g = g.assign(col=g["true"] + " → " + g["predicted"], cell=[format_mean_ci(m, c) for m, c in zip(g["percent_of_true"], g["ci95"])])
         wide = g.pivot(index="n", columns="col", values="cell")
-        parts.append(f"### {rep} / {method} (setup {setup}): % of each true kind's test images\n\n{_markdown(wide)}")
+        parts.append(f"### {rep} / {method} (setup {setup}): % of each true kind's test images\n\n{markdown_table(wide)}")
     return "\n\n".join(parts)
 
 
@@ -146,13 +146,13 @@ def per_class_report(results: Sequence[dict], out: Path, plot: bool) -> List[str
     text = list(notes)
     if len(long):
         summ = per_class_summary(long)
-        _write_csv(summ, out / "per_class.csv")
+        write_csv(summ, out / "per_class.csv")
         for rep, hard in hardest_novel(summ).groupby("representation"):
             if plot and len(hard):
                 plot_hardest(hard, out / f"hardest_novel_{rep}.png")
     conf = confusion_long(results)
     if len(conf):
         summ = confusion_summary(conf)
-        _write_csv(summ, out / "base_novel_confusion.csv")
+        write_csv(summ, out / "base_novel_confusion.csv")
         text.insert(0, "## Base ↔ novel confusion (mean ± 95 % interval over experiments)\n\n" + confusion_markdown(summ))
     return text

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 
 from lowshot.errors import InputError
-from lowshot.report import _fmt, _markdown, comparison_tables, paired_difference
+from lowshot.report import format_mean_ci, markdown_table, comparison_tables, paired_difference
 
 TABLE_METRICS = ("top1_novel", "top5_novel", "top1_all", "top5_all", "top1_base")
 
@@ -106,7 +106,7 @@ def sweep_table(runs: Sequence[Tuple[str, float, str]], df: pd.DataFrame, criter
         row.update({f"n={n}": f"{per_n.loc[name, n]:.2f}" for n in per_n.columns})
         row["mean"] = f"{per_n.loc[name].mean():.2f}"
         out.append(row)
-    return _markdown(pd.DataFrame(out).set_index("representation"))
+    return markdown_table(pd.DataFrame(out).set_index("representation"))
 
 
 def difference_table(df: pd.DataFrame, pairs: Sequence[Tuple[str, str]], metrics: Sequence[str] = TABLE_METRICS) -> str:
@@ -116,10 +116,10 @@ def difference_table(df: pd.DataFrame, pairs: Sequence[Tuple[str, str]], metrics
         diff = paired_difference(df[df["setup"] == 2], a, b, by="representation")
         diff = diff[diff["metric"].isin(metrics)]
         for method, g in diff.groupby("method", sort=True):
-            cells = g.assign(cell=[_fmt(m, c) for m, c in zip(g["difference"], g["ci95"])])
+            cells = g.assign(cell=[format_mean_ci(m, c) for m, c in zip(g["difference"], g["ci95"])])
             wide = cells.pivot(index="metric", columns="n", values="cell").reindex([m for m in metrics if m in set(g["metric"])])
             wide.columns = [f"n={n}" for n in wide.columns]
-            parts.append(f"**{a} − {b}, {method}** (setup 2, paired over experiments, points)\n\n{_markdown(wide)}")
+            parts.append(f"**{a} − {b}, {method}** (setup 2, paired over experiments, points)\n\n{markdown_table(wide)}")
     return "\n\n".join(parts)
 
 
