@@ -110,6 +110,7 @@ def missing_cells(df: pd.DataFrame) -> List[str]:
 
 
 def format_mean_ci(mean: float, ci: float) -> str:
+    """"mean ± ci" with two decimals (the mean alone when the interval is undefined)."""
     return f"{mean:.2f}" if np.isnan(ci) else f"{mean:.2f} ± {ci:.2f}"
 
 
@@ -162,6 +163,7 @@ def paired_difference(df: pd.DataFrame, a: str, b: str, by: str = "method",
 
 
 def markdown_table(df: pd.DataFrame) -> str:
+    """A markdown table of `df`, its index as the first column."""
     header = "| " + " | ".join([str(df.index.name or "")] + [str(c) for c in df.columns]) + " |"
     rule = "|" + "---|" * (len(df.columns) + 1)
     body = ["| " + " | ".join([str(i)] + [str(v) for v in row]) + " |" for i, row in zip(df.index, df.to_numpy())]
@@ -169,6 +171,7 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
+    """`df` as CSV at `path`, written atomically (4 decimals)."""
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.4f")
 
