@@ -151,14 +151,26 @@ class Matching(Head):
     def _support(self, feats: torch.Tensor, labels: torch.Tensor, task: Task):
         """Support (S, d) and labels (S,): base rows grouped by class, then the novel block tiled (H&G)."""
         _, is_base = split_base(labels, task)
-        labels_cpu, gen = labels.cpu(), generator(task.seed, torch.device("cpu"))
-        base = is_base.nonzero()[:, 0].cpu()
-        base = base[torch.randperm(len(base), generator=gen)]
-        base = base[torch.argsort(labels_cpu[base], stable=True)]  # grouped by class, random within
-        first = torch.searchsorted(labels_cpu[base], labels_cpu[base])  # where each row's class starts
-        base = base[torch.arange(len(base)) - first < self.support_per_class]
+        labels_cpu = labels.cpu()
+        base = base_support_rows(labels_cpu, is_base.cpu(), self.support_per_class, task.seed)
         novel = (~is_base).nonzero()[:, 0].cpu()
         copies = -(-self.support_per_class // torch.bincount(labels_cpu[novel])[labels_cpu[novel]])  # ceil(spc / m)
         reps = torch.arange(int(copies.max()) if len(novel) else 0)
         rows = torch.cat([base, novel.expand(len(reps), -1)[reps[:, None] < copies]]).to(feats.device)
         return feats[rows], labels[rows]
+
+
+def base_support_rows(labels: torch.Tensor, is_base: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
+    """Indices of `per_class` random rows of each base class (all of a smaller class), grouped by class.
+
+    Args:
+        labels: (N,) labels on the CPU; is_base: bool (N,) marking the rows of base classes.
+    Returns:
+        int64 row indices (≤ per_class · #base,), classes ascending, random order within a class (seeded).
+    """
+    gen = generator(seed, torch.device("cpu"))
+    base = is_base.nonzero()[:, 0]
+    base = base[torch.randperm(len(base), generator=gen)]
+    base = base[torch.argsort(labels[base], stable=True)]  # grouped by class, random within
+    first = torch.searchsorted(labels[base], labels[base])  # where each row's class starts
+    return base[torch.arange(len(base)) - first < per_class]
