@@ -6,9 +6,10 @@ versions. It is always read with `weights_only=True`, so loading never executes 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import torch
 
@@ -55,3 +56,27 @@ def trained_model(path: str | os.PathLike, ckpt: Dict[str, Any], num_classes: in
 def model_from_config(cfg: Dict[str, Any], num_classes: int, in_channels: int) -> Model:
     """The untrained model a training configuration describes."""
     return build_model(cfg["backbone"], cfg["classifier"], num_classes, in_channels, cfg["width"], cfg["stem"])
+
+
+def stage_config(cfg) -> Dict[str, Any]:
+    """A feature-trained stage's dataclass configuration as its model file records it: every field
+    except `force` and `device`, which do not change what the stage computes."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("force", "device")}
+
+
+def model_up_to_date(out: Path, config: Dict[str, Any], digest: str, load: Callable[[Path], Dict]) -> bool:
+    """Whether the model file `out` exists and was trained with `config` on base rows of this `digest`
+    (and prints so); `load` reads it (the stage's own loader, for its error message)."""
+    if not out.exists():
+        return False
+    old = load(out)
+    if old.get("config") == config and old.get("features_digest") == digest:
+        print(f"{out} is up to date", flush=True)
+        return True
+    return False
+
+
+def check_feature_dim(path: str | os.PathLike, saved: Dict[str, Any], dim: int) -> None:
+    """A one-line `InputError` when the model file `path` (read as `saved`) was trained on features other than `dim`-wide."""
+    if int(saved["dim"]) != dim:
+        raise InputError(path, f"was trained on {saved['dim']}-dimensional features, these have {dim}")

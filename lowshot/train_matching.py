@@ -8,7 +8,6 @@ base rows are unchanged. Reduced defaults fit a 2-core CPU (H&G's ImageNet value
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import time
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lowshot.checkpoints import load_checkpoint
+from lowshot.checkpoints import check_feature_dim, load_checkpoint, model_up_to_date, stage_config
 from lowshot.config import pick_device, versions
 from lowshot.errors import InputError
 from lowshot.heads._common import generator, group_rows
@@ -114,12 +113,9 @@ def train_matching(cfg: MatchingTrainConfig) -> Path:
     """Train the matching network on all base classes; returns the path of `matching.pt` (skipped if up to date)."""
     out = Path(cfg.out) if cfg.out else RunFolder(Path(cfg.run)).matching_model
     feats, labels, path, digest = load_base_rows(cfg)
-    saved = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("force", "device")}
-    if out.exists() and not cfg.force:
-        old = load_model_file(out)
-        if old.get("config") == saved and old.get("features_digest") == digest:
-            print(f"{out} is up to date", flush=True)
-            return out
+    saved = stage_config(cfg)
+    if not cfg.force and model_up_to_date(out, saved, digest, load_model_file):
+        return out
     sched, device = schedule(cfg, len(torch.unique(labels))), pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = MatchingNet(feats.shape[1], cfg.K).to(device)
@@ -143,8 +139,7 @@ def load_model_file(path: str | Path) -> Dict:
 def load_matching_net(path: str | Path, dim: int) -> MatchingNet:
     """The trained network in `path`, checked to take `dim`-dimensional features."""
     saved = load_model_file(path)
-    if int(saved["dim"]) != dim:
-        raise InputError(path, f"was trained on {saved['dim']}-dimensional features, these have {dim}")
+    check_feature_dim(path, saved, dim)
     net = MatchingNet(int(saved["dim"]), int(saved["K"]))
     net.load_state_dict(saved["state_dict"])
     return net

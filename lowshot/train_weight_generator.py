@@ -14,7 +14,6 @@ dicts, read with `weights_only=True`), skipped when the configuration and the ba
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import time
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lowshot.checkpoints import load_checkpoint
+from lowshot.checkpoints import check_feature_dim, load_checkpoint, model_up_to_date, stage_config
 from lowshot.config import pick_device, versions
 from lowshot.errors import InputError
 from lowshot.heads._common import class_means, generator, group_rows, l2_normalise
@@ -179,12 +178,9 @@ def train_weight_generator(cfg: WeightGeneratorTrainConfig) -> Path:
     """Train one generator per n in `cfg.shots`; returns the path of `weight_generator.pt` (skipped if up to date)."""
     out = Path(cfg.out) if cfg.out else RunFolder(Path(cfg.run)).weight_generator_model
     data = load_base(cfg)
-    saved = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("force", "device")}
-    if out.exists() and not cfg.force:
-        old = load_model_file(out)
-        if old.get("config") == saved and old.get("features_digest") == data.digest:
-            print(f"{out} is up to date", flush=True)
-            return out
+    saved = stage_config(cfg)
+    if not cfg.force and model_up_to_date(out, saved, data.digest, load_model_file):
+        return out
     m, device = novel_per_episode(cfg, data), pick_device(cfg.device)
     print(f"training {len(cfg.shots)} weight generators: {cfg.episodes} episodes each, {m} fake novel "
           f"of {len(data.classes)} base classes", flush=True)
@@ -207,8 +203,7 @@ def load_model_file(path: str | Path) -> Dict:
 def load_generator(path: str | Path, dim: int, shots: int) -> FewShotWeightGenerator:
     """The generator in `path` trained with the most shots ≤ `shots` (else the fewest), checked to take `dim` features."""
     saved = load_model_file(path)
-    if int(saved["dim"]) != dim:
-        raise InputError(path, f"was trained on {saved['dim']}-dimensional features, these have {dim}")
+    check_feature_dim(path, saved, dim)
     trained = sorted(int(n) for n in saved["generators"])
     pick = max([n for n in trained if n <= shots], default=trained[0])
     state = saved["generators"][str(pick)]
