@@ -212,6 +212,16 @@ def train_weight_generator(run, force, config, sets, seed, device):
                     "weight generator", run, force, config, sets, seed, device)
 
 
+@main.command("train-pmn")
+@click.option("--run", default=None, help="Run folder (or name under runs/).")
+@click.option("--force", is_flag=True, default=None)
+@common
+def train_pmn(run, force, config, sets, seed, device):
+    """Meta-learn prototype matching networks + hallucinator on base-class features (<run>/heads/pmn_hallucinator.pt)."""
+    _features_stage("lowshot.train_pmn", "PMNTrainConfig", "train_pmn", "prototype matching network", run, force,
+                    config, sets, seed, device)
+
+
 @main.command()
 @click.option("--run", default=None, help="Run folder (or name under runs/).")
 @click.option("--heads", default=None, type=RegistryChoice("lowshot.heads", "HEADS", many=True, keep_all=True),

@@ -6,6 +6,7 @@
       generator/generator.pt          generate (+ cache/)
       heads/matching.pt               train-matching
       heads/weight_generator.pt       train-weight-generator
+      heads/pmn_hallucinator.pt       train-pmn
       results/*.json                  benchmark
       episodes/episodes.{csv,md}      episodes
       report/                         report
@@ -65,6 +66,10 @@ class RunFolder:
     @property
     def weight_generator_model(self) -> Path:
         return self.root / "heads" / "weight_generator.pt"
+
+    @property
+    def pmn_model(self) -> Path:
+        return self.root / "heads" / "pmn_hallucinator.pt"
 
     @property
     def results(self) -> Path:

@@ -1,6 +1,8 @@
 """Tiny synthetic low-shot cells for head tests: Gaussian classes and a matching cosine classifier."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -53,7 +55,8 @@ def one_thread():
 def head_params(tmp_path_factory):
     """`params(name, dim)`: small-budget keyword arguments for a head; `matching` gets an untrained
     (seeded) network file of the right dimension, enough for its contract and separable-data checks;
-    `weight_generator` an untrained generator file (φ_att = 0) over random rows of base classes 0..63."""
+    `weight_generator` an untrained generator file (φ_att = 0) over random rows of base classes 0..63;
+    `pmn_hallucinator` an untrained (seeded) PMN file, K = 1, whose hallucinator copies its seeds."""
     from lowshot.heads.matching import MatchingNet
     from lowshot.io.atomic import save_torch
 
@@ -68,6 +71,8 @@ def head_params(tmp_path_factory):
                 files[dim] = str(folder / f"matching_{dim}.pt")
                 save_torch(files[dim], {"state_dict": net.state_dict(), "dim": dim, "K": 1})
             return {"model": files[dim], "support_per_class": 20}
+        if name == "pmn_hallucinator":
+            return {"model": pmn_file(folder / f"pmn_{dim}.pt", dim), "support_per_class": 20}
         if name == "weight_generator":
             path = folder / f"weight_generator_{dim}.pt"
             if not path.exists():
@@ -76,6 +81,20 @@ def head_params(tmp_path_factory):
         return dict(FAST.get(name, {}))
 
     return params
+
+
+def pmn_file(path, dim: int, K: int = 1, n_gen: int = 2, hidden: int = 0) -> str:
+    """A `lowshot train-pmn` file holding an untrained (seeded) network; hidden 0 means 2 · dim, where the
+    identity-initialised hallucinator returns its (non-negative) seeds."""
+    from lowshot.heads.pmn_hallucinator import PrototypeMatchingNet
+    from lowshot.io.atomic import save_torch
+
+    if not Path(path).exists():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            net = PrototypeMatchingNet(dim, K, hidden or 2 * dim, n_gen)
+        save_torch(path, {"state_dict": net.state_dict(), "dim": dim, "K": K, "hidden": hidden or 2 * dim})
+    return str(path)
 
 
 def weight_generator_file(path, weight_base: torch.Tensor, scale: float = 10.0, phi_att: float = 0.0,

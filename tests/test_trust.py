@@ -158,7 +158,7 @@ def test_heads_all_runs_what_the_inputs_allow_and_a_named_head_fails_before_any_
     out = invoke("benchmark", "--run", "runs/synth", "--heads", "all", "--n", "1", "--expid", "1")
     assert out.exit_code == 0, out.output
     ran = {r["head"] for r in _results().values()}
-    for name in ("imprint", "imprint_ft", "rand_ft", "raw_imprint", "matching", "weight_generator"):
+    for name in ("imprint", "imprint_ft", "rand_ft", "raw_imprint", "matching", "weight_generator", "pmn_hallucinator"):
         assert name not in ran and f"skipping {name}:" in out.output
     assert {"logreg", "protonet", "cosine_ncm", "bd_cspn"} <= ran
     line = error_line(invoke("benchmark", "--run", "runs/synth", "--heads", "protonet,imprint", "--n", "1",

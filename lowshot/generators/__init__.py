@@ -23,3 +23,4 @@ class GeneratorPlugin:
 
 
 from lowshot.generators import analogies, jitter  # noqa: E402,F401
+from lowshot.generators import pmn  # noqa: E402,F401

@@ -82,3 +82,4 @@ from lowshot.heads import logreg  # noqa: E402,F401
 from lowshot.heads import cosine_ncm, imprint, imprint_ft, magnet, matching, protonet, raw_imprint, repmet  # noqa: E402,F401
 from lowshot.heads import bd_cspn, laplacian_shot, pt_map, tim, transductive_ft  # noqa: E402,F401
 from lowshot.heads import weight_generator  # noqa: E402,F401
+from lowshot.heads import pmn_hallucinator  # noqa: E402,F401

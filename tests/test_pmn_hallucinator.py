@@ -1,0 +1,199 @@
+"""Prototype matching networks + hallucinator (Wang et al. 2018): maths by hand and against numpy, G, training, head."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lowshot.benchmark import BenchmarkConfig, benchmark
+from lowshot.errors import InputError
+from lowshot.generators import GENERATORS
+from lowshot.generators.pmn import Hallucinator, seeds_per_label
+from lowshot.heads import HEADS, Task
+from lowshot.heads.pmn_hallucinator import PrototypeMatchingNet
+from lowshot.train_pmn import PMNTrainConfig, fake_novel, train_pmn
+from synthetic import one_thread, pmn_file  # noqa: F401 (one_thread: autouse fixture)
+from test_matching import _lstm_step
+from test_weight_generator import nuisance_project
+
+TINY = dict(episodes=60, classes_per_episode=6, max_shots=5, max_novel_shots=2, n_gen=2, hidden=32, K=1)
+
+
+def silent_net(dim: int = 2, K: int = 1, n_gen: int = 0) -> PrototypeMatchingNet:
+    """A PMN whose LSTMs are all zero: every LSTM output is 0, so g(S) = S and f(x) = x."""
+    net = PrototypeMatchingNet(dim, K, 2 * dim, n_gen).double()
+    with torch.no_grad():
+        for name, p in net.matching.named_parameters():
+            p.zero_()
+    return net
+
+
+def test_two_class_one_shot_scores_by_hand():
+    # prototypes (3, 4) and (0, 2) -> p̂ = (3, 4) / (5 + ε), (0, 2) / (2 + ε); x = (1, 1): logits 7 / (5 + ε), 2 / (2 + ε)
+    net = silent_net()
+    support, labels = torch.tensor([[3.0, 4.0], [0.0, 2.0]], dtype=torch.double), torch.tensor([0, 1])
+    logp = net(support, labels, torch.tensor([[1.0, 1.0]], dtype=torch.double), torch.tensor([], dtype=torch.long),
+               torch.Generator())
+    gap = 7 / (5 + 1e-5) - 2 / (2 + 1e-5)  # ≈ 0.4
+    want = torch.tensor([[-math.log1p(math.exp(-gap)), -math.log1p(math.exp(gap))]], dtype=torch.double)
+    torch.testing.assert_close(logp, want)
+
+
+def test_attention_is_over_prototypes_not_examples():
+    # three copies of class 0's shot weigh as one: a matching network would give class 0 three times the mass
+    net = silent_net()
+    x = torch.tensor([[1.0, 1.0]], dtype=torch.double)
+    one = net(torch.tensor([[3.0, 4.0], [0.0, 2.0]], dtype=torch.double), torch.tensor([0, 1]), x,
+              torch.tensor([], dtype=torch.long), torch.Generator())
+    three = net(torch.tensor([[3.0, 4.0]] * 3 + [[0.0, 2.0]], dtype=torch.double), torch.tensor([0, 0, 0, 1]), x,
+                torch.tensor([], dtype=torch.long), torch.Generator())
+    torch.testing.assert_close(one, three)
+
+
+def _reference(net: PrototypeMatchingNet, support, labels, x):
+    """softmax_c(f(x)·p̂_c), every step written out in numpy from the module's weights."""
+    p = {k: v.detach().double().numpy() for k, v in net.matching.state_dict().items()}
+
+    def run(seq, sfx):
+        h, c, out = np.zeros(seq.shape[1]), np.zeros(seq.shape[1]), []
+        for s in seq:
+            h, c = _lstm_step(s, h, c, p[f"support_lstm.weight_ih_l0{sfx}"], p[f"support_lstm.weight_hh_l0{sfx}"],
+                              p[f"support_lstm.bias_ih_l0{sfx}"] + p[f"support_lstm.bias_hh_l0{sfx}"])
+            out.append(h)
+        return np.array(out)
+
+    g = support + run(support, "") + run(support[::-1], "_reverse")[::-1]
+    protos = np.stack([g[labels == c].mean(0) for c in np.unique(labels)])
+    h, c = x.copy(), np.zeros_like(x)
+    for _ in range(net.matching.K):
+        a = np.exp(protos @ h - (protos @ h).max())
+        h, c = _lstm_step(np.concatenate([x, (a / a.sum()) @ protos]), h, c, p["query_cell.weight_ih"],
+                          p["query_cell.weight_hh"], p["query_cell.bias_ih"] + p["query_cell.bias_hh"])
+        h = h + x
+    logits = (protos / (np.linalg.norm(protos, axis=1, keepdims=True) + 1e-5)) @ h
+    return np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+
+
+def test_matches_explicit_formula_with_random_weights():
+    torch.manual_seed(0)
+    net = PrototypeMatchingNet(3, K=2, hidden=6, n_gen=0).double()
+    support = np.array([[1.0, 0.2, 0.0], [-0.5, 1.5, 0.3], [0.3, -1.0, 2.0], [0.7, 0.7, -0.2]])
+    labels, queries = np.array([0, 1, 0, 2]), np.array([[0.9, 0.1, 0.4], [-1.0, 2.0, 0.5]])
+    with torch.no_grad():
+        logp = net(torch.tensor(support), torch.tensor(labels), torch.tensor(queries), torch.tensor([], dtype=torch.long),
+                   torch.Generator())
+    want = np.stack([_reference(net, support, labels, q) for q in queries])
+    np.testing.assert_allclose(logp.exp().numpy(), want, rtol=1e-9, atol=1e-12)
+
+
+def test_hallucinator_by_hand_identity_start_shapes_and_seeds():
+    g = Hallucinator(1, hidden=2)
+    with torch.no_grad():  # fc1 = [[1, 1], [1, -1]], fc2 = I, fc3 = [2, 1], biases 0
+        g.fc1.weight.copy_(torch.tensor([[1.0, 1.0], [1.0, -1.0]]))
+        g.fc3.weight.copy_(torch.tensor([[2.0, 1.0]]))
+    # x = 1, z = 2: fc1 -> (3, -1) -> leaky -> (3, -.01); fc2 keeps, leaky again -> (3, -.0001); fc3 -> 6 - .0001
+    torch.testing.assert_close(g(torch.tensor([[1.0]]), torch.tensor([[2.0]])), torch.tensor([[6.0 - 1e-4]]))
+    fresh, x = Hallucinator(4, hidden=8), torch.rand(5, 4)  # non-negative seeds, hidden ≥ 2d
+    torch.testing.assert_close(fresh.hallucinate(x, torch.Generator().manual_seed(0)), x)
+    with torch.no_grad():
+        fresh.fc1.weight.add_(0.1)
+    a, b, c = (fresh.hallucinate(x, torch.Generator().manual_seed(s)) for s in (0, 0, 1))
+    assert a.shape == (5, 4) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_seeds_are_drawn_within_their_class():
+    labels = torch.tensor([7, 3, 7, 3, 3, 9])
+    seeds, new = seeds_per_label(labels, torch.tensor([3, 7]), 50, torch.Generator().manual_seed(0))
+    assert new.tolist() == [3] * 50 + [7] * 50 and (labels[seeds] == new).all()
+    assert set(seeds[:50].tolist()) == {1, 3, 4} and set(seeds[50:].tolist()) == {0, 2}
+
+
+def test_plugin_keeps_real_rows_first_and_tops_up(tmp_path):
+    plugin = GENERATORS.get("pmn")
+    train = type("Train", (), {"dim": 4})()
+    state = plugin.init(pmn_file(tmp_path / "pmn.pt", 4, hidden=8), torch.device("cpu"), train)
+    with torch.no_grad():
+        state.model.fc1.weight.add_(0.1)
+    feats, labels = torch.rand(4, 4), torch.tensor([5, 5, 6, 8])
+    out, out_labels = plugin.generate(feats, labels, state, 3, seed=2)
+    assert torch.equal(out[:4], feats) and out_labels.tolist() == [5, 5, 6, 8, 5, 6, 6, 8, 8]
+    again, _ = plugin.generate(feats, labels, state, 3, seed=2)
+    assert torch.equal(out, again) and len(state.key) == 16
+
+
+def test_novel_classes_of_an_episode_keep_few_shots():
+    support, labels = torch.arange(20), torch.tensor([0] * 5 + [1] * 5 + [2] * 5 + [3] * 5)
+    cfg = PMNTrainConfig(novel_fraction=0.5, max_novel_shots=2)
+    rows, kept, novel = fake_novel(support, labels, 4, cfg, torch.Generator().manual_seed(0))
+    counts = torch.bincount(kept, minlength=4)
+    assert novel.tolist() == [2, 3] and counts[:2].tolist() == [5, 5] and (counts[2:] >= 1).all()
+    assert (counts[2:] <= 2).all() and (rows // 5 == kept).all()
+
+
+def test_training_reduces_loss_is_deterministic_and_cached(feature_project, capsys):
+    cfg = dict(run="runs/synth", seed=3, device="cpu", **TINY)
+    a = train_pmn(PMNTrainConfig(out="a.pt", **cfg))
+    b = train_pmn(PMNTrainConfig(out="b.pt", **cfg))
+    sa, sb = (torch.load(p, weights_only=True) for p in (a, b))
+    assert sa["dim"] == 16 and sa["config"]["seed"] == 3 and sa["config"]["n_gen"] == 2
+    for k, v in sa["state_dict"].items():
+        assert torch.equal(v, sb["state_dict"][k]), k
+    losses = [row["loss"] for row in sa["log"]]
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2]), losses
+    assert not torch.equal(sa["state_dict"]["hallucinator.fc1.weight"], torch.eye(32))  # G learned too
+    train_pmn(PMNTrainConfig(out="a.pt", **cfg))
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_missing_model_is_one_line_and_dimension_is_checked(tmp_path):
+    task = Task(4, np.array([0, 1]), np.array([2, 3]), run_dir=str(tmp_path))
+    with pytest.raises(InputError, match="run `lowshot train-pmn") as err:
+        HEADS.create("pmn_hallucinator").check_inputs(task)
+    assert "\n" not in str(err.value) and str(tmp_path / "heads" / "pmn_hallucinator.pt") in str(err.value)
+    with pytest.raises(InputError, match="trained on 4-dimensional features, these have 3"):
+        HEADS.create("pmn_hallucinator", model=pmn_file(tmp_path / "p.pt", 4)).fit(
+            torch.rand(4, 3), torch.tensor([0, 1, 2, 3]), task)
+
+
+def test_head_adds_n_gen_rows_per_novel_class(tmp_path):
+    task = Task(6, np.array([0, 1]), np.array([4, 5]), seed=0)
+    feats, labels = torch.rand(7, 4), torch.tensor([0, 0, 0, 1, 1, 4, 5])
+    head = HEADS.create("pmn_hallucinator", model=pmn_file(tmp_path / "p.pt", 4, n_gen=3), support_per_class=2)
+    head.fit(feats, labels, task)
+    assert head.classes_.tolist() == [0, 1, 4, 5] and head.protos_.shape == (4, 4)
+    scores = head.scores(torch.rand(3, 4))
+    assert torch.isneginf(scores[:, [2, 3]]).all() and torch.allclose(scores.exp().sum(1), torch.ones(3))
+
+
+def test_trained_pmn_matches_or_beats_imprinting_on_a_gaussian_mixture(tmp_path, monkeypatch):
+    """Imprinting's cosine to the mean shot keeps the shots' 10 noise dimensions; the trained f and g can learn to discount them."""
+    monkeypatch.chdir(tmp_path)
+    nuisance_project(tmp_path)
+    train_pmn(PMNTrainConfig(run="runs/n", episodes=300, classes_per_episode=10, hidden=64, K=1, device="cpu"))
+    out = benchmark(BenchmarkConfig(run="runs/n", heads=["imprint", "pmn_hallucinator"], ns=[1, 5], expids=[1, 2],
+                                    device="cpu"))
+    res = [json.loads(Path(p).read_text()) for p in out]
+    for n in (1, 5):
+        mean = {h: np.mean([r["accs"] for r in res if r["head"] == h and r["n"] == n], 0)
+                for h in ("imprint", "pmn_hallucinator")}
+        gain = mean["pmn_hallucinator"] - mean["imprint"]
+        # measured: novel top-1 +12 / +9 points, all top-1 +3.5 / +0.4 at n = 1 / 5 (base top-1 −5 / −8.5)
+        assert gain[0] > 0.05 and gain[4] > -0.01, (n, mean)
+
+
+def test_cli_trains_benchmarks_and_recomputes_after_retraining(feature_project):
+    from synthetic_cli import invoke
+    train = ("train-pmn", "--run", "runs/synth", "--device", "cpu", "--set", "hidden=32", "--set", "K=1")
+    out = invoke(*train, "--set", "episodes=3")
+    assert out.exit_code == 0 and "runs/synth/heads/pmn_hallucinator.pt" in out.output
+    bench = ("benchmark", "--run", "runs/synth", "--heads", "pmn_hallucinator", "--n", "1", "--expid", "1",
+             "--device", "cpu")
+    assert "1 new result files" in invoke(*bench).output
+    assert "0 new result files" in invoke(*bench).output  # up to date
+    invoke(*train, "--set", "episodes=4")
+    assert "1 new result files" in invoke(*bench).output  # another network: the cell is recomputed
+    gen = ("benchmark", "--run", "runs/synth", "--heads", "logreg", "--generator", "pmn", "--max-per-label", "5",
+           "--n", "1", "--expid", "1", "--device", "cpu")
+    assert "1 new result files" in invoke(*gen).output  # default generator file: the run's train-pmn output
