@@ -14,7 +14,7 @@ SEED   ?= 0
 # torch/torchvision known to work together on this machine (setup.cfg holds lower bounds only)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test data train features generate train-matching weight-generator benchmark benchmark-slow benchmark-gen episodes report baselines representations clean-demo
+.PHONY: install demo test data train features generate train-matching weight-generator benchmark benchmark-slow benchmark-gen episodes report baselines representations objectives clean-demo
 
 install: $(VENV)/.installed
 
@@ -90,6 +90,25 @@ baselines: data
 # setup 1) and the cosine classifier, each trained, extracted and benchmarked; runs/rep-*, not part of the demo
 representations: data
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python benchmarks/representations.py --config configs/representations.json
+
+# Episodic training objectives (README "Episodic training objectives"): protonet, magnet and repmet trained with the
+# demo's config; each extracted, benchmarked with the heads that need no trained classifier, and run through the
+# 5/20-way 1/5-shot episodes; `ce` is the demo's representation ($(RUN), from `make demo`, whose results it reuses);
+# runs/obj-*, not part of the demo
+OBJECTIVES ?= protonet magnet repmet
+OBJ_HEADS ?= logreg,protonet,cosine_ncm,repmet,magnet,raw_imprint,bd_cspn
+OBJ_EPISODE_HEADS ?= ["protonet","cosine_ncm","repmet"]
+objectives: data
+	@test -f $(RUN)/features/train.hdf5 || { echo "run make demo first: its representation is the ce row"; exit 1; }
+	set -e; for o in $(OBJECTIVES); do \
+	  $(LOWSHOT) train --config $(TRAIN_CONFIG) --objective $$o --run runs/obj-$$o --seed $(SEED); \
+	  $(LOWSHOT) features --run runs/obj-$$o; \
+	  $(LOWSHOT) benchmark --run runs/obj-$$o --heads $(OBJ_HEADS) --seed $(SEED); \
+	  $(LOWSHOT) episodes --run runs/obj-$$o --seed $(SEED) --set 'heads=$(OBJ_EPISODE_HEADS)'; \
+	done
+	$(LOWSHOT) benchmark --run $(RUN) --heads $(OBJ_HEADS) --seed $(SEED)
+	$(LOWSHOT) episodes --run $(RUN) --seed $(SEED) --set 'heads=$(OBJ_EPISODE_HEADS)' --set out_dir=runs/obj-ce-episodes
+	$(LOWSHOT) report $(RUN)/results $(foreach o,$(OBJECTIVES),runs/obj-$(o)/results) --out runs/obj-report --no-plot
 
 clean-demo:
 	rm -rf $(RUN)

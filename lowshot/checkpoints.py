@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
@@ -19,12 +19,14 @@ from lowshot.errors import InputError
 from lowshot.io.atomic import save_torch
 
 
-def save_checkpoint(path: Path, model, opt, sched, epoch: int, config: Dict[str, Any], scaler=None) -> None:
-    """Everything needed to resume exactly: weights, optimiser, scheduler, fp16 loss scaler, epoch, RNG, config."""
+def save_checkpoint(path: Path, model, opt, sched, epoch: int, config: Dict[str, Any], scaler=None,
+                    extra: Optional[Dict[str, Any]] = None) -> None:
+    """Everything needed to resume exactly: weights, optimiser, scheduler, fp16 loss scaler, epoch, RNG, config,
+    and `extra` entries (a training objective's state: plain tensors and dicts)."""
     save_torch(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                       "scaler": scaler.state_dict() if scaler is not None else {},
                       "epoch": epoch, "rng": {"torch": torch.get_rng_state()},
-                      "config": config, "versions": versions()})
+                      "config": config, "versions": versions(), **(extra or {})})
 
 
 def load_checkpoint(path: str | os.PathLike, missing: str = "checkpoint not found (run `lowshot train` first)",

@@ -130,20 +130,22 @@ def data(dataset, root, dataset_args, seed, force):
 @click.option("--classifier", default=None, type=RegistryChoice("lowshot.backbones", "CLASSIFIERS"))
 @click.option("--aux-loss", default=None, type=RegistryChoice("lowshot.losses", "AUX_LOSSES"))
 @click.option("--aux-weight", type=float, default=None)
+@click.option("--objective", default=None, type=RegistryChoice("lowshot.objectives", "OBJECTIVES"),
+              help="Training objective; its options: --set objective_args='{...}' [default: ce].")
 @click.option("--epochs", type=int, default=None)
 @click.option("--dataset", default=None, type=RegistryChoice("lowshot.data", "DATASETS"))
 @click.option("--root", default=None, help="Folder of an on-disk data set (sets dataset_args.root).")
 @click.option("--workers", type=int, default=None, help="Decoding processes per training process [default: auto].")
 @click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default=None, help="Mixed precision [default: off].")
 @common
-def train(run, backbone, classifier, aux_loss, aux_weight, epochs, dataset, root, workers, amp, config, sets, seed,
-          device):
+def train(run, backbone, classifier, aux_loss, aux_weight, objective, epochs, dataset, root, workers, amp, config, sets,
+          seed, device):
     """Train a representation on the base classes (resumes from <run>/checkpoints/last.pt); torchrun for several GPUs."""
     from lowshot.run import run_dir
     from lowshot.train import TrainConfig, train as train_stage
     cfg = _resolve(TrainConfig, config, sets, run=run and run_dir(run), backbone=backbone, classifier=classifier,
-                   aux_loss=aux_loss, aux_weight=aux_weight, epochs=epochs, dataset=dataset, workers=workers, amp=amp,
-                   seed=seed, device=device)
+                   aux_loss=aux_loss, aux_weight=aux_weight, objective=objective, epochs=epochs, dataset=dataset,
+                   workers=workers, amp=amp, seed=seed, device=device)
     cfg.dataset_args = {**cfg.dataset_args, **({"root": root} if root else {})}
     click.echo(f"checkpoint: {train_stage(cfg)}")
 

@@ -149,6 +149,16 @@ def _output_paths(cfg: FeaturesConfig) -> Tuple[Path, Dict[str, Path]]:
     return out, {split: out / f"{split}.hdf5" for split in ("train", "test")}
 
 
+def _trained_classifier(model, tcfg: Dict[str, Any]):
+    """(classifier rows (C, d), cosine scale or None) when the training objective trained the classifier,
+    else (None, None): a metric objective (protonet, magnet, repmet) leaves it at its random initialisation."""
+    from lowshot.objectives import OBJECTIVES
+    if not OBJECTIVES.get(tcfg.get("objective", "ce")).uses_classifier:
+        return None, None
+    clf = model.classifier
+    return clf.weight.detach().cpu().numpy(), float(clf.scale.detach()) if clf.scale is not None else None
+
+
 def features(cfg: FeaturesConfig) -> Dict[str, Path]:
     """Write `<out>/train.hdf5` and `<out>/test.hdf5`; skip files made from the same checkpoint."""
     if cfg.backbone:
@@ -166,11 +176,10 @@ def features(cfg: FeaturesConfig) -> Dict[str, Path]:
     model = _load_model(ckpt_path, ckpt, data, device)
     opts = FeedOptions(device, ctx, cfg.workers, tcfg.get("channels_last", False), False, tcfg.get("transforms"),
                        tcfg.get("image_size"), tcfg["seed"])
-    clf = model.classifier
-    weight = clf.weight.detach().cpu().numpy()
-    scale = float(clf.scale.detach()) if clf.scale is not None else None
+    weight, scale = _trained_classifier(model, tcfg)
     attrs = {"dataset": tcfg["dataset"], "checkpoint": str(ckpt_path), "checkpoint_sha1": digest,
-             "model": tcfg["backbone"], "classifier": tcfg["classifier"], "seed": tcfg["seed"], "epoch": int(ckpt["epoch"])}
+             "model": tcfg["backbone"], "classifier": tcfg["classifier"], "seed": tcfg["seed"], "epoch": int(ckpt["epoch"]),
+             "objective": tcfg.get("objective", "ce")}
     _write_splits(model, data, opts, cfg, paths, attrs, weight, scale)
     return paths
 

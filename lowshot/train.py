@@ -17,7 +17,6 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from lowshot import distributed
@@ -29,6 +28,7 @@ from lowshot.errors import InputError
 from lowshot.io.atomic import write_json
 from lowshot.io.splits import load_label_splits
 from lowshot.losses import AUX_LOSSES
+from lowshot.objectives import OBJECTIVES, Objective
 from lowshot.precision import autocast, grad_scaler
 from lowshot.run import RunFolder, splits_path
 
@@ -50,6 +50,8 @@ class TrainConfig:
     classifier: str = "linear"
     aux_loss: str = "none"
     aux_weight: float = 0.0
+    objective: str = "ce"  # ce | protonet | magnet | repmet (lowshot/objectives/)
+    objective_args: Dict[str, Any] = field(default_factory=dict)  # the objective's keyword arguments
     epochs: int = 90
     batch_size: int = 256
     lr: float = 0.1
@@ -84,18 +86,19 @@ def _lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     raise InputError(None, f"unknown schedule {cfg.schedule!r}; choose one of: step, cosine")
 
 
-def build_optimizer(model: Model, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD; weight decay on everything but the cosine classifier's scale."""
+def build_optimizer(model: Model, cfg: TrainConfig, extra=()) -> torch.optim.SGD:
+    """SGD; weight decay on everything but the cosine classifier's scale and an objective's `extra` parameters."""
     scale = [p for n, p in model.named_parameters() if n == "classifier.scale"]
     rest = [p for n, p in model.named_parameters() if n != "classifier.scale"]
     groups = [{"params": rest}] + ([{"params": scale, "weight_decay": 0.0}] if scale else [])
+    groups += [{"params": list(extra), "weight_decay": 0.0}] if extra else []
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=cfg.weight_decay)
 
 
 def train_one_epoch(model, opt, sched, cfg: TrainConfig, epoch: int, feed, scaler, ctx: distributed.Dist,
-                    device: torch.device) -> Dict[str, float]:
-    """One pass over the base training images in a seeded order; returns mean losses and speed.
+                    device: torch.device, objective: Objective) -> Dict[str, float]:
+    """One epoch of the objective's seeded batches of base training images; returns mean losses and speed.
 
     Returns:
         loss and aux (means over images, all processes), images_per_s (all processes) and
@@ -104,13 +107,13 @@ def train_one_epoch(model, opt, sched, cfg: TrainConfig, epoch: int, feed, scale
     model.train()
     aux_fn = AUX_LOSSES.get(cfg.aux_loss)
     sums, wait, t0 = [0.0, 0.0, 0.0], [0.0], time.perf_counter()
-    batches = timed(feed.train_batches(epoch, cfg.batch_size), wait)
-    for x, y in tqdm(batches, total=feed.steps(cfg.batch_size), desc=f"epoch {epoch}", leave=False,
+    batches = timed(objective.batches(model, feed, epoch, cfg.batch_size), wait)
+    for x, y in tqdm(batches, total=objective.steps(feed, cfg.batch_size), desc=f"epoch {epoch}", leave=False,
                      disable=None if ctx.main else True):
         with autocast(device, cfg.amp):
             scores, feats = model(x)
             aux = aux_fn(scores, feats, y)
-            loss = F.cross_entropy(scores, y) + cfg.aux_weight * aux
+            loss = objective.loss(scores, feats, y) + cfg.aux_weight * aux
         if not torch.isfinite(loss):
             raise InputError(cfg.run, f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr")
         opt.zero_grad(set_to_none=True)
@@ -143,6 +146,20 @@ def evaluate(model: Model, feed, cfg: TrainConfig, ctx: distributed.Dist, device
     return {"val_top1": hits1 / max(1, len(feed)), "val_top5": hits5 / max(1, len(feed))}
 
 
+def build_objective(cfg: TrainConfig, model: Model, feed, splits, device: torch.device) -> Objective:
+    """The training objective `cfg` names, set up on the base classes and the model's feature width."""
+    try:
+        objective = OBJECTIVES.create(cfg.objective, **cfg.objective_args)
+    except TypeError as e:
+        raise InputError(cfg.run, f"objective_args {cfg.objective_args} do not fit objective {cfg.objective!r} ({e})") from None
+    if not objective.uses_classifier and cfg.aux_loss != "none":
+        raise InputError(cfg.run, f"aux_loss {cfg.aux_loss!r} acts on the classifier, which objective "
+                                  f"{cfg.objective!r} does not train; use aux_loss none")
+    base = np.asarray(sorted(splits.base_classes), np.int64)
+    objective.setup(feed, base, model.trunk.num_features, cfg.seed, device)
+    return objective
+
+
 def build_feeds(cfg: TrainConfig, ctx: distributed.Dist, device: torch.device):
     """(data set, label splits, train feed, validation feed) of the base classes."""
     data = DATASETS.create(cfg.dataset, **cfg.dataset_args)
@@ -163,21 +180,24 @@ def train(cfg: TrainConfig) -> Path:
     model = model_from_config(dataclasses.asdict(cfg), data.num_classes, data.channels).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, cfg)
-    steps = feed.steps(cfg.batch_size)
+    objective = build_objective(cfg, model, feed, splits, device)
+    opt = build_optimizer(model, cfg, objective.parameters())
+    steps = objective.steps(feed, cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s, steps))
     scaler = grad_scaler(device, cfg.amp)
-    start = _resume(run.last_checkpoint, model, opt, sched, scaler, cfg)
+    start = _resume(run.last_checkpoint, model, opt, sched, scaler, cfg, objective)
     net = distributed.wrap(model, ctx, device)
     net = torch.compile(net) if cfg.compile else net
     if ctx.main:
         write_json(run.root / "train_config.json", dataclasses.asdict(cfg))
     for epoch in range(start, cfg.epochs):
-        stats = train_one_epoch(net, opt, sched, cfg, epoch, feed, scaler, ctx, device)
-        stats.update(evaluate(model, val, cfg, ctx, device), epoch=epoch, lr=opt.param_groups[0]["lr"])
+        stats = train_one_epoch(net, opt, sched, cfg, epoch, feed, scaler, ctx, device, objective)
+        if objective.uses_classifier:  # a metric objective leaves the classifier untrained
+            stats.update(evaluate(model, val, cfg, ctx, device))
+        stats.update(epoch=epoch, lr=opt.param_groups[0]["lr"])
         if ctx.main:
             _log(run, stats)
-            _save(run, model, opt, sched, scaler, epoch, cfg)
+            _save(run, model, opt, sched, scaler, epoch, cfg, objective)
     if cfg.epochs == 0 and ctx.main:  # an untrained network: the random-initialisation baseline
         save_checkpoint(run.last_checkpoint, model, opt, sched, -1, dataclasses.asdict(cfg), scaler)
     distributed.barrier(ctx)
@@ -191,15 +211,16 @@ def _log(run: RunFolder, stats: Dict[str, float]) -> None:
         log.write(json.dumps(stats) + "\n")
 
 
-def _save(run: RunFolder, model, opt, sched, scaler, epoch: int, cfg: TrainConfig) -> None:
-    """`<epoch>.pt` every `save_every` epochs and at the end; `last.pt` after every epoch."""
-    config = dataclasses.asdict(cfg)
+def _save(run: RunFolder, model, opt, sched, scaler, epoch: int, cfg: TrainConfig, objective: Objective) -> None:
+    """`<epoch>.pt` every `save_every` epochs and at the end; `last.pt` after every epoch (with the
+    objective's own state, e.g. RepMet's representatives, when it has one)."""
+    config, extra = dataclasses.asdict(cfg), ({"objective": objective.state_dict()} if objective.state_dict() else {})
     if epoch % cfg.save_every == 0 or epoch == cfg.epochs - 1:
-        save_checkpoint(run.checkpoints / f"{epoch}.pt", model, opt, sched, epoch, config, scaler)
-    save_checkpoint(run.last_checkpoint, model, opt, sched, epoch, config, scaler)
+        save_checkpoint(run.checkpoints / f"{epoch}.pt", model, opt, sched, epoch, config, scaler, extra)
+    save_checkpoint(run.last_checkpoint, model, opt, sched, epoch, config, scaler, extra)
 
 
-def _resume(path: Path, model, opt, sched, scaler, cfg: TrainConfig) -> int:
+def _resume(path: Path, model, opt, sched, scaler, cfg: TrainConfig, objective: Objective) -> int:
     """Restore from `last.pt` if present; returns the first epoch still to run."""
     if not path.exists():
         return 0
@@ -214,5 +235,7 @@ def _resume(path: Path, model, opt, sched, scaler, cfg: TrainConfig) -> int:
     sched.load_state_dict(ckpt["scheduler"])
     if ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
+    if ckpt.get("objective"):
+        objective.load_state_dict(ckpt["objective"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     return ckpt["epoch"] + 1

@@ -59,6 +59,11 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch `epoch`'s order and augmentation draws."""
+    return seed * 100_003 + epoch
+
+
 def _layout(x: torch.Tensor, opts: FeedOptions) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if opts.channels_last else x
 
@@ -77,16 +82,19 @@ class MemoryFeed:
 
     def train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
         """Seeded order per epoch; the same generator draws the augmentation (resumes exactly)."""
-        o, ctx = self.opts, self.opts.ctx
-        gen = torch.Generator().manual_seed(o.seed * 100_003 + epoch)
+        ctx = self.opts.ctx
+        gen = torch.Generator().manual_seed(epoch_seed(self.opts.seed, epoch))
         order = torch.randperm(len(self), generator=gen)
         for start in range(0, len(order), batch_size):
             if len(order[start:start + batch_size]) < ctx.world:
                 break  # a last batch too small to give every process an image
-            idx = order[start:start + batch_size][ctx.rank::ctx.world]
-            x = normalise_images(self.images[idx].to(o.device))
-            x = augment(x, gen) if o.augment else x
-            yield _layout(x, o), self.labels[idx].to(o.device)
+            yield self.rows(order[start:start + batch_size][ctx.rank::ctx.world], gen)
+
+    def rows(self, idx: torch.Tensor, gen: torch.Generator) -> Batch:
+        """Training batch of rows `idx` (long (B,)), augmented with draws from `gen` when the feed augments."""
+        x = normalise_images(self.images[idx].to(self.opts.device))
+        x = augment(x, gen) if self.opts.augment else x
+        return _layout(x, self.opts), self.labels[idx].to(self.opts.device)
 
     def batches(self, rows: np.ndarray, batch_size: int) -> Iterator[Batch]:
         """Images of `rows` in order (no augmentation) on the device; labels stay on the CPU."""
