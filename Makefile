@@ -14,7 +14,7 @@ SEED   ?= 0
 # torch/torchvision known to work together on this machine (setup.cfg holds lower bounds only)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test data train features generate train-matching weight-generator benchmark benchmark-slow benchmark-gen episodes report baselines representations objectives clean-demo
+.PHONY: install demo test data train features generate train-matching weight-generator pmn benchmark benchmark-slow benchmark-gen episodes report baselines representations objectives clean-demo
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,14 @@ train-matching: install
 weight-generator: install
 	$(LOWSHOT) train-weight-generator --run $(RUN) --seed $(SEED)
 	$(LOWSHOT) benchmark --run $(RUN) --heads weight_generator --seed $(SEED)
+
+# Wang et al.'s prototype matching networks + hallucinator, meta-learned together on the base features, then their 25
+# cells and logistic regression on the learned hallucinator's rows (not part of `make demo`: training takes minutes)
+pmn: install
+	$(LOWSHOT) train-pmn --run $(RUN) --seed $(SEED)
+	$(LOWSHOT) benchmark --run $(RUN) --heads pmn_hallucinator --seed $(SEED)
+	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator pmn --max-per-label 5 --seed $(SEED)
+	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator pmn --max-per-label 20 --seed $(SEED)
 
 benchmark: install
 	$(LOWSHOT) benchmark --run $(RUN) --heads $(HEADS) --seed $(SEED)
