@@ -119,3 +119,32 @@ def test_metric_objective_refuses_an_aux_loss(tiny_project):
     res = CliRunner().invoke(main, ["train", "--config", "train.json", "--run", "runs/t", "--objective", "protonet",
                                     "--aux-loss", "sgm", "--aux-weight", "0.1"])
     assert res.exit_code == 1 and "does not train" in res.output
+
+
+@pytest.mark.parametrize("objective,args", [("repmet", {"k": 2}), ("magnet", {"k": 2, "clusters": 3, "per_cluster": 4})])
+def test_interrupted_objective_resumes_to_the_same_weights(tiny_project, monkeypatch, objective, args):
+    """RepMet's representatives come back from the checkpoint; Magnet re-clusters from the resumed model."""
+    import lowshot.train
+    from lowshot.checkpoints import load_checkpoint
+    from lowshot.config import resolve_config
+    from lowshot.train import TrainConfig, train
+
+    def cfg(run):
+        return resolve_config(TrainConfig, "train.json", run=run, device="cpu", objective=objective, objective_args=args)
+    train(cfg("straight"))
+    real_epoch = lowshot.train.train_one_epoch
+
+    def killed_in_epoch_1(model, opt, sched, c, epoch, *rest):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(model, opt, sched, c, epoch, *rest)
+    monkeypatch.setattr(lowshot.train, "train_one_epoch", killed_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg("resumed"))
+    monkeypatch.setattr(lowshot.train, "train_one_epoch", real_epoch)
+    a, b = load_checkpoint("straight/checkpoints/last.pt"), load_checkpoint(train(cfg("resumed")))
+    assert a["epoch"] == b["epoch"] == 1
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    if objective == "repmet":
+        assert torch.equal(a["objective"]["representatives"], b["objective"]["representatives"])
