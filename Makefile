@@ -104,7 +104,7 @@ representations: data
 # 5/20-way 1/5-shot episodes; `ce` is the demo's representation ($(RUN), from `make demo`, whose results it reuses);
 # runs/obj-*, not part of the demo
 OBJECTIVES ?= protonet magnet repmet
-OBJ_HEADS ?= logreg,protonet,cosine_ncm,repmet,magnet,raw_imprint,bd_cspn
+OBJ_HEADS ?= logreg,protonet,cosine_ncm,repmet,magnet,bd_cspn
 OBJ_EPISODE_HEADS ?= ["protonet","cosine_ncm","repmet"]
 objectives: data
 	@test -f $(RUN)/features/train.hdf5 || { echo "run make demo first: its representation is the ce row"; exit 1; }
