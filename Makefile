@@ -14,7 +14,7 @@ SEED   ?= 0
 # torch/torchvision known to work together on this machine (setup.cfg holds lower bounds only)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test data train features generate train-matching weight-generator pmn benchmark benchmark-slow benchmark-gen episodes report baselines representations objectives clean-demo
+.PHONY: install demo test data train features generate train-matching weight-generator pmn benchmark benchmark-slow benchmark-gen episodes report baselines representations objectives incremental clean-demo
 
 install: $(VENV)/.installed
 
@@ -117,6 +117,13 @@ objectives: data
 	$(LOWSHOT) benchmark --run $(RUN) --heads $(OBJ_HEADS) --seed $(SEED)
 	$(LOWSHOT) episodes --run $(RUN) --seed $(SEED) --set 'heads=$(OBJ_EPISODE_HEADS)' --set out_dir=runs/obj-ce-episodes
 	$(LOWSHOT) report $(RUN)/results $(foreach o,$(OBJECTIVES),runs/obj-$(o)/results) --out runs/obj-report --no-plot
+
+# N base classes + 1 new class (README "Incremental imprinting"): a cosine network on 40 glyph base classes, then
+# lowshot incremental (the fair "40 + 1" protocol: feature heads and full-network FT); not part of the demo
+INCR_RUN ?= runs/incremental_glyphs40
+incremental: data
+	$(LOWSHOT) train --config configs/incremental_train.json --run $(INCR_RUN) --seed $(SEED)
+	$(LOWSHOT) incremental --run $(INCR_RUN) --config configs/incremental_glyphs.json --seed $(SEED)
 
 clean-demo:
 	rm -rf $(RUN)

@@ -321,6 +321,29 @@ main.add_command(report, "parse")
 
 
 @main.command()
+@click.option("--run", default=None, help="Run folder of a cosine-classifier network (or name under runs/).")
+@click.option("--checkpoint", default=None, help="[default: <run>/checkpoints/last.pt]")
+@click.option("--dataset", default=None, type=RegistryChoice("lowshot.data", "DATASETS"), help="[default: the checkpoint's]")
+@click.option("--root", default=None, help="Folder of an on-disk data set (sets dataset_args.root), e.g. CIFAR-100.")
+@click.option("--setup", type=click.Choice(["1", "2"]), default=None, help="1 = validation-novel classes, 2 = test [default: 2].")
+@click.option("--classes", default=None, callback=_int_list, help="Novel classes [default: the first num_classes of the setup's].")
+@click.option("--draws", type=int, default=None, help="Shot draws per class [default: 5].")
+@click.option("--n", "ns", default=None, callback=_int_list, help="Comma-separated shot counts [default: 1,5,10,20].")
+@click.option("--methods", default=None, help="Comma-separated methods [default: all].")
+@click.option("--force", is_flag=True, default=None, help="Recompute cells that exist.")
+@common
+def incremental(run, checkpoint, dataset, root, setup, classes, draws, ns, methods, force, config, sets, seed, device):
+    """N base classes + 1 new class (the fair "40 + 1" protocol): one CSV row per (method, n, class, draw), tables."""
+    from lowshot.incremental import IncrementalConfig, incremental as incremental_stage
+    from lowshot.run import run_dir
+    cfg = _resolve(IncrementalConfig, config, sets, run=run and run_dir(run), checkpoint=checkpoint, dataset=dataset,
+                   setup=setup and int(setup), classes=classes, draws=draws, ns=ns,
+                   methods=methods and [m.strip() for m in methods.split(",")], force=force, seed=seed, device=device)
+    cfg.dataset_args = {**cfg.dataset_args, **({"root": root} if root else {})}
+    click.echo(f"wrote {incremental_stage(cfg)}")
+
+
+@main.command()
 @click.option("--run", required=True, help="Run folder (or name under runs/).")
 @click.option("--from-stage", default=None, help="train | features | generate | benchmark [default: train].")
 @click.option("--skip", default=None, help="Comma-separated stages left out: generate, train-matching, report.")

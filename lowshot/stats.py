@@ -60,3 +60,16 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> Tuple[float, float,
     if n < 2:
         return float(x.mean()), float("nan"), 1
     return float(x.mean()), t_quantile(0.5 + level / 2, n - 1) * float(x.std(ddof=1)) / math.sqrt(n), n
+
+
+def clustered_mean_ci(values: Sequence[float], clusters: Sequence, level: float = 0.95) -> Tuple[float, float, int]:
+    """Class-clustered interval: (mean of the cluster means, half-width, number of clusters C).
+
+    The values of each cluster (e.g. the draws of one novel class) are averaged to m_c, NaNs left
+    out; the interval is mean(m_c) ± t(0.975, C−1) · sd(m_c) / √C, sd the sample sd (`mean_ci` on
+    the C cluster means). A cluster whose values are all NaN is left out.
+    """
+    x = np.asarray(values, dtype=float)
+    keys = np.asarray(clusters)
+    means = [np.nanmean(x[keys == k]) if (~np.isnan(x[keys == k])).any() else np.nan for k in np.unique(keys)]
+    return mean_ci(means, level)

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from lowshot.io.features import FeatureSet, write_features
 from lowshot.io.splits import LabelSplits, make_shots, write_label_splits, write_shots
@@ -54,3 +55,33 @@ def feature_project(tmp_path, monkeypatch):
     for k in range(1, 6):
         write_shots(f"experiment_cfgs/synth/splitfile_{k}.json", make_shots(labels, 12, 0, k))
     return tmp_path
+
+
+ADDCLASS_GLYPHS = {"num_classes": 24, "images_per_class": 40, "test_per_class": 20}
+
+
+@pytest.fixture(scope="session")
+def glyph_model(tmp_path_factory, glyph_cache):
+    """A cosine-classifier ResNet-10 (width 1/8) trained 30 epochs on 12 glyph base classes, and its features
+    (used by the add-class and incremental tests)."""
+    from lowshot.data import DATASETS
+    from lowshot.data.prepare import prepare_data
+    from lowshot.features import FeaturesConfig, features
+    from lowshot.io.splits import load_label_splits
+    from lowshot.train import TrainConfig, train
+
+    root, args = tmp_path_factory.mktemp("addclass"), {**ADDCLASS_GLYPHS, "cache_dir": glyph_cache}
+    prepare_data("glyphs", args, seed=0, splits_dir=str(root / "splits"), shots_root=str(root / "shots"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = TrainConfig(run=str(root / "run"), dataset="glyphs", dataset_args=args,
+                          splits=str(root / "splits/glyphs.json"), width=0.125, stem="small", classifier="cosine",
+                          epochs=30, batch_size=32, lr=0.05,
+                          schedule="cosine", save_every=1000, device="cpu")
+        checkpoint = train(cfg)
+        features(FeaturesConfig(run=cfg.run, device="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    return {"root": root, "checkpoint": checkpoint, "data": DATASETS.create("glyphs", **args),
+            "splits": load_label_splits(root / "splits/glyphs.json")}
