@@ -14,7 +14,7 @@ SEED   ?= 0
 # torch/torchvision known to work together on this machine (setup.cfg holds lower bounds only)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test data train features generate train-matching weight-generator pmn benchmark benchmark-slow benchmark-gen episodes report baselines representations objectives incremental clean-demo
+.PHONY: install demo test data train features generate train-matching weight-generator pmn benchmark benchmark-slow benchmark-gen episodes report baselines representations objectives incremental incremental-cifar100 clean-demo
 
 install: $(VENV)/.installed
 
@@ -124,6 +124,14 @@ INCR_RUN ?= runs/incremental_glyphs40
 incremental: data
 	$(LOWSHOT) train --config configs/incremental_train.json --run $(INCR_RUN) --seed $(SEED)
 	$(LOWSHOT) incremental --run $(INCR_RUN) --config configs/incremental_glyphs.json --seed $(SEED)
+
+# the same on a local CIFAR-100 copy (CIFAR_ROOT=DIR): ResNet-18 from scratch on labels 0-39, BmLMz's ten novel
+# classes x 4 draws, full-network FT on all 40 runs per n (heads-and-protocols.md section 8); sized for a GPU
+CIFAR_ROOT ?=
+incremental-cifar100: install
+	@test -n "$(CIFAR_ROOT)" || { echo "set CIFAR_ROOT to a folder holding cifar-100-binary/ or cifar-100-python/"; exit 1; }
+	$(LOWSHOT) train --config configs/incremental_cifar100_train.json --root $(CIFAR_ROOT) --run runs/incremental_cifar100 --seed $(SEED)
+	$(LOWSHOT) incremental --run runs/incremental_cifar100 --dataset cifar100 --root $(CIFAR_ROOT) --config configs/incremental_cifar100.json --seed $(SEED)
 
 clean-demo:
 	rm -rf $(RUN)

@@ -1,6 +1,7 @@
 """`lowshot incremental` (the fair "40 + 1" protocol): the freeze phase, clustered intervals, nested shared shots,
 a tiny end-to-end run, bad input."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -144,3 +145,38 @@ def test_bad_input_is_one_line(glyph_model, tmp_path, args, message):
     result = invoke(*["incremental", "--run", str(glyph_model["root"] / "run"), "--device", "cpu",
                      "--set", f"out={tmp_path / 'x'}"] + args)
     assert result.exit_code == 1 and message in error_line(result)
+
+
+CIFAR_SPLITS = Path(__file__).resolve().parents[1] / "label_splits" / "cifar100_40.json"
+
+
+def _fake_cifar(root: Path, classes, train_per_class: int, test_per_class: int) -> None:
+    """A cifar-100-binary copy of random pixels for `classes` (records: coarse, fine label, 3,072 pixel bytes)."""
+    folder = root / "cifar-100-binary"
+    folder.mkdir(parents=True)
+    names = json.loads(CIFAR_SPLITS.read_text())["label_names"]
+    (folder / "fine_label_names.txt").write_text("\n".join(names) + "\n")
+    rng = np.random.default_rng(0)
+    for part, per in (("train", train_per_class), ("test", test_per_class)):
+        labels = np.repeat(np.asarray(classes, np.uint8), per)
+        records = np.concatenate([np.zeros((len(labels), 1), np.uint8), labels[:, None],
+                                  rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)], axis=1)
+        records.tofile(folder / f"{part}.bin")
+
+
+def test_cifar100_40_plus_1_runs_from_a_local_copy(tmp_path):
+    classes = list(range(40)) + [50, 51]
+    _fake_cifar(tmp_path / "c100", classes, 6, 1)
+    cfg = {"dataset": "cifar100", "splits": str(CIFAR_SPLITS), "backbone": "resnet10", "width": 0.125,
+           "stem": "small", "classifier": "cosine", "epochs": 1, "batch_size": 64, "device": "cpu"}
+    (tmp_path / "train.json").write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    assert invoke("train", "--config", tmp_path / "train.json", "--root", tmp_path / "c100", "--run", run).exit_code == 0
+    result = invoke("incremental", "--run", run, "--dataset", "cifar100", "--root", tmp_path / "c100", "--classes",
+                    "50,51", "--draws", "1", "--n", "1,5", "--methods", f"imprint,{FULL_FT}", "--device", "cpu",
+                    "--set", "recipe={\"batch_size\": 256}", "--set", "full_ft_classes=1")
+    assert result.exit_code == 0, result.output
+    df = pd.read_csv(run / "incremental" / "setup2" / "incremental.csv")
+    assert len(df) == 2 * 2 + 2 and set(df.novel_class) == {50, 51} and (df.class_name.iloc[0] in ("mouse", "mushroom"))
+    bad = invoke("incremental", "--run", run, "--classes", "45", "--device", "cpu")  # a validation-novel class
+    assert bad.exit_code == 1 and "not novel classes of setup 2" in error_line(bad)
