@@ -54,8 +54,11 @@ class MagnetObjective(Episodic):
     cluster of its class. A batch is a neighbourhood: a seed cluster drawn with probability
     proportional to its latest loss (1 for a cluster not yet seen since the refresh), its `clusters`
     − 1 nearest clusters of other classes (centre distance) and `per_cluster` images of each; loss
-    `magnet_loss`. The paper's schedule refreshes every few thousand iterations of a pre-trained
-    network; here once per epoch, with the demo's optimiser, from a random initialisation.
+    `magnet_loss`. Defaults: K = 4 clusters per class, M = 32 clusters × D = 4 images = 128 images, the
+    demo's batch (pytorch.repmet's configuration is M = 12, D = 4, K = 1), α = 1. The paper refreshes
+    the index periodically during training of an ImageNet-pre-trained network; here once per epoch,
+    with the demo's optimiser, from a random initialisation, and a cluster's seed weight is its loss in
+    the last batch that held it (the paper tracks each example's recent losses).
     """
 
     def __init__(self, k: int = 4, clusters: int = 32, per_cluster: int = 4, alpha: float = 1.0, iters: int = 20):
