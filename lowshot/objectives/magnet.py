@@ -56,8 +56,8 @@ class MagnetObjective(Episodic):
     − 1 nearest clusters of other classes (centre distance) and `per_cluster` images of each; loss
     `magnet_loss`. Defaults: K = 4 clusters per class, M = 32 clusters × D = 4 images = 128 images, the
     demo's batch (pytorch.repmet's configuration is M = 12, D = 4, K = 1), α = 1. The paper refreshes
-    the index periodically during training of an ImageNet-pre-trained network; here once per epoch,
-    with the demo's optimiser, from a random initialisation, and a cluster's seed weight is its loss in
+    the index periodically; here once per epoch, with the demo's optimiser, from a random
+    initialisation, and a cluster's seed weight is its loss in
     the last batch that held it (the paper tracks each example's recent losses).
     """
 
