@@ -4,8 +4,8 @@ Wang et al., CVPR 2018 (arXiv 1801.05401), on cached base-class features (the fe
 stays fixed, as in their ImageNet experiments on H&G's ResNet-10 features). Each episode simulates
 the generalised benchmark inside the base classes: m base classes with 1..max_shots support rows
 each (H&G's matching-network episodes, `lowshot.train_matching.sample_episode`); a fraction of them
-play novel classes: they keep only 1..max_novel_shots rows and get n_gen hallucinated rows
-G(seed, z) each, while the others keep theirs, so the label space holds "base" and "novel"
+play novel classes: they keep only 1..max_novel_shots rows and are topped up to n_aug rows by
+G(seed, z), while the others keep theirs, so the label space holds "base" and "novel"
 classes together; one query per class; the NLL of the queries trains the network and G
 together (gradients reach G through the novel prototypes). SGD as the matching network's stage.
 Writes `<run>/heads/pmn_hallucinator.pt` (plain tensors and dicts, read with `weights_only=True`),
@@ -49,7 +49,7 @@ class PMNTrainConfig:
     max_shots: int = 10  # support rows of an episode's "base" classes: uniform in 1..max_shots
     novel_fraction: float = 0.5  # share of an episode's classes that play novel (the test setups: 100 of 200)
     max_novel_shots: int = 5  # an episode's "novel" class keeps 1..max_novel_shots of its rows
-    n_gen: int = 5  # hallucinated rows per novel class
+    n_aug: int = 10  # G tops each novel class up to n_aug rows (0: PMN without hallucinator)
     hidden: int = HIDDEN  # G's hidden width
     K: int = 5  # full-context embedding steps
     lr: float = 0.1
@@ -115,7 +115,7 @@ def train_pmn(cfg: PMNTrainConfig) -> Path:
         return out
     sched, device = schedule(cfg, len(torch.unique(labels))), pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = PrototypeMatchingNet(feats.shape[1], cfg.K, cfg.hidden, cfg.n_gen).to(device)
+    model = PrototypeMatchingNet(feats.shape[1], cfg.K, cfg.hidden, cfg.n_aug).to(device)
     print(f"training PMN + hallucinator: {sched['episodes']} episodes of {sched['classes_per_episode']} classes",
           flush=True)
     start = time.perf_counter()

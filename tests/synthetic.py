@@ -83,7 +83,7 @@ def head_params(tmp_path_factory):
     return params
 
 
-def pmn_file(path, dim: int, K: int = 1, n_gen: int = 2, hidden: int = 0) -> str:
+def pmn_file(path, dim: int, K: int = 1, n_aug: int = 2, hidden: int = 0) -> str:
     """A `lowshot train-pmn` file holding an untrained (seeded) network; hidden 0 means 2 · dim, where the
     identity-initialised hallucinator returns its (non-negative) seeds."""
     from lowshot.heads.pmn_hallucinator import PrototypeMatchingNet
@@ -92,7 +92,7 @@ def pmn_file(path, dim: int, K: int = 1, n_gen: int = 2, hidden: int = 0) -> str
     if not Path(path).exists():
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            net = PrototypeMatchingNet(dim, K, hidden or 2 * dim, n_gen)
+            net = PrototypeMatchingNet(dim, K, hidden or 2 * dim, n_aug)
         save_torch(path, {"state_dict": net.state_dict(), "dim": dim, "K": K, "hidden": hidden or 2 * dim})
     return str(path)
 

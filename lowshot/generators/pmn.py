@@ -51,24 +51,6 @@ class Hallucinator(nn.Module):
         return self(x, z)
 
 
-def seeds_per_label(labels: torch.Tensor, grow: torch.Tensor, count: int, gen: torch.Generator):
-    """`count` seed rows for each label in `grow`, drawn uniformly (with replacement) among that label's rows.
-
-    Args:
-        labels: (N,) labels of the real rows; grow: (K,) labels, each present in `labels`; gen: CPU generator.
-    Returns:
-        (seed_rows, new_labels), both (K · count,) on the device of `labels`, grouped by label in `grow`'s order.
-    """
-    order = torch.argsort(labels.cpu(), stable=True)
-    ordered, grow_cpu = labels.cpu()[order], grow.cpu()
-    start = torch.searchsorted(ordered, grow_cpu)
-    size = torch.searchsorted(ordered, grow_cpu, right=True) - start
-    owner = torch.arange(len(grow_cpu)).repeat_interleave(count)
-    pick = (torch.rand(len(owner), generator=gen, dtype=torch.float64) * size[owner]).long()
-    seeds = order[start[owner] + torch.minimum(pick, size[owner] - 1)]
-    return seeds.to(labels.device), grow.repeat_interleave(count).to(labels.device, labels.dtype)
-
-
 @dataclass
 class PMNState:
     """A loaded hallucinator and `key`, the digest of its model file (joins a result's identity)."""

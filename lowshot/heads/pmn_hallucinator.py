@@ -4,8 +4,8 @@ Matching networks attend over every support example, so a class with many exampl
 of the generalised benchmark) draws attention away from a class with one (a novel class). Prototype
 matching networks (PMN) keep the full-context embeddings of matching networks but attend over class
 prototypes: the mean full-context embedding of each class's examples. A hallucinator G(x, z)
-(`lowshot/generators/pmn.py`) adds n_gen examples to every novel class before the prototypes are
-taken; G and the network are trained together on base-class episodes by `lowshot train-pmn`
+(`lowshot/generators/pmn.py`) tops every novel class up to n_aug examples before the prototypes are
+taken (Wang et al.: G adds n_gen examples to a class until it has exactly n_aug); G and the network are trained together on base-class episodes by `lowshot train-pmn`
 (`lowshot/train_pmn.py`), so G learns to make examples that help this classifier.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from lowshot.generators.pmn import HIDDEN, Hallucinator, seeds_per_label
+from lowshot.generators._common import plan_new_rows
+from lowshot.generators.pmn import HIDDEN, Hallucinator
 from lowshot.heads import HEADS, Head, Task
 from lowshot.heads._common import class_means, generator, split_base
 from lowshot.heads.matching import MatchingNet, base_support_rows, one_thread
@@ -29,22 +30,25 @@ class PrototypeMatchingNet(nn.Module):
     prototype p_c = mean of g over class c's examples (real and hallucinated); f(x) = K attention-LSTM
     steps from h = x reading over the prototypes (not the examples); p(y = c | x) = softmax_c(f(x)·p̂_c),
     p̂ = p / (‖p‖ + 1e-5) (only the support side normalised, as this package's matching network does).
-    `n_gen` (a buffer) is the number of examples G adds per novel class, as trained.
+    `n_aug` (a buffer) is the number of examples G tops each novel class up to, as trained (0: no G).
     """
 
-    def __init__(self, dim: int, K: int = 5, hidden: int = HIDDEN, n_gen: int = 5):
+    def __init__(self, dim: int, K: int = 5, hidden: int = HIDDEN, n_aug: int = 10):
         super().__init__()
         self.matching = MatchingNet(dim, K)
         self.hallucinator = Hallucinator(dim, hidden)
-        self.register_buffer("n_gen", torch.tensor(int(n_gen)))
+        self.register_buffer("n_aug", torch.tensor(int(n_aug)))
 
-    def augment(self, support: torch.Tensor, labels: torch.Tensor, novel: torch.Tensor, n_gen: int,
+    def augment(self, support: torch.Tensor, labels: torch.Tensor, novel: torch.Tensor, n_aug: int,
                 gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Support (S, d) and labels (S,) with n_gen rows G(seed, z) per class in `novel` (K,) appended."""
-        if n_gen <= 0 or not len(novel):
+        """Support (S, d) and labels (S,), then n_aug − m rows G(seed, z) for each class in `novel` (K,) with
+        m < n_aug rows; seeds uniform among the class's rows (`plan_new_rows`, draws from the CPU `gen`)."""
+        rows = torch.isin(labels, novel).nonzero()[:, 0]
+        if n_aug <= 0 or not len(rows):
             return support, labels
-        seeds, new_labels = seeds_per_label(labels, novel, n_gen, gen)
-        return torch.cat([support, self.hallucinator.hallucinate(support[seeds], gen)]), torch.cat([labels, new_labels])
+        seeds, new_labels = plan_new_rows(labels[rows], n_aug, gen)
+        return (torch.cat([support, self.hallucinator.hallucinate(support[rows[seeds]], gen)]),
+                torch.cat([labels, new_labels]))
 
     def prototypes(self, support: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Prototypes (P, d): class means of g(S) for support (S, d), labels (S,) in the sorted `classes` (P,)."""
@@ -60,8 +64,8 @@ class PrototypeMatchingNet(nn.Module):
     def forward(self, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, novel: torch.Tensor,
                 gen: torch.Generator) -> torch.Tensor:
         """Log-probabilities (Q, m) of queries (Q, d) over the m classes 0..m−1 of support (S, d), labels (S,);
-        classes in `novel` get n_gen hallucinated examples first."""
-        support, labels = self.augment(support, labels, novel, int(self.n_gen), gen)
+        classes in `novel` are first topped up to n_aug examples by G."""
+        support, labels = self.augment(support, labels, novel, int(self.n_aug), gen)
         classes = torch.unique(labels)
         return self.log_probs(queries, self.prototypes(support, labels, classes))
 
@@ -71,16 +75,16 @@ class PMNHallucinator(Head):
     """Prototype matching networks with hallucination (Wang, Girshick, Hebert & Hariharan, CVPR 2018, arXiv 1801.05401).
 
     The support set is `support_per_class` random train rows of each base class, then the novel
-    rows (real shots and any a generator plug-in added), then `n_gen` rows G(seed, z) per novel class
-    (default: the number the model was trained with); it is encoded once by the BiLSTM and averaged
+    rows (real shots and any a generator plug-in added), then rows G(seed, z) that top each novel class
+    up to `n_aug` rows (default: the number the model was trained with); it is encoded once by the BiLSTM and averaged
     into one prototype per class; a test feature's score is its log-probability by attention over
     the prototypes. Needs `lowshot train-pmn` (`model`, default <run>/heads/pmn_hallucinator.pt).
     Traps: returns log-probabilities; G's noise and seeds are drawn from the cell's seed.
     """
 
-    def __init__(self, support_per_class: int = 20, n_gen: Optional[int] = None, model: Optional[str] = None):
+    def __init__(self, support_per_class: int = 20, n_aug: Optional[int] = None, model: Optional[str] = None):
         self.support_per_class = support_per_class
-        self.n_gen = n_gen
+        self.n_aug = n_aug
         self.model = model
 
     def fit(self, feats: torch.Tensor, labels: torch.Tensor, task: Task) -> "PMNHallucinator":
@@ -89,9 +93,9 @@ class PMNHallucinator(Head):
         base = base_support_rows(labels.cpu(), is_base.cpu(), self.support_per_class, task.seed)
         rows = torch.cat([base, (~is_base).nonzero()[:, 0].cpu()]).to(feats.device)
         support, support_labels = feats[rows].float(), labels[rows]
-        n_gen = int(net.n_gen) if self.n_gen is None else self.n_gen
+        n_aug = int(net.n_aug) if self.n_aug is None else self.n_aug
         with torch.no_grad(), one_thread(support.device):
-            support, support_labels = net.augment(support, support_labels, torch.unique(labels[~is_base]), n_gen,
+            support, support_labels = net.augment(support, support_labels, torch.unique(labels[~is_base]), n_aug,
                                                   generator(task.seed, torch.device("cpu")))
             self.classes_ = torch.unique(support_labels)
             self.protos_ = net.prototypes(support, support_labels, self.classes_)
