@@ -26,20 +26,24 @@ def _lstm_step(x, h, c, w_ih, w_hh, b):
     return _sigmoid(o) * np.tanh(c), c
 
 
-def _reference(net: MatchingNet, support, labels, x, num_classes):
-    """softmax(f(x)·ĝᵀ) @ onehot, every step written out in numpy from the module's weights."""
-    p = {k: v.detach().double().numpy() for k, v in net.state_dict().items()}
-    d = net.dim
-
+def _full_context(support, p):
+    """g(S) = S + forward + backward LSTM outputs over support (S, d), from the state dict `p` (numpy)."""
     def run(seq, sfx):
-        h, c, out = np.zeros(d), np.zeros(d), []
+        h, c, out = np.zeros(seq.shape[1]), np.zeros(seq.shape[1]), []
         for s in seq:
             h, c = _lstm_step(s, h, c, p[f"support_lstm.weight_ih_l0{sfx}"], p[f"support_lstm.weight_hh_l0{sfx}"],
                               p[f"support_lstm.bias_ih_l0{sfx}"] + p[f"support_lstm.bias_hh_l0{sfx}"])
             out.append(h)
         return np.array(out)
 
-    g = support + run(support, "") + run(support[::-1], "_reverse")[::-1]
+    return support + run(support, "") + run(support[::-1], "_reverse")[::-1]
+
+
+def _reference(net: MatchingNet, support, labels, x, num_classes):
+    """softmax(f(x)·ĝᵀ) @ onehot, every step written out in numpy from the module's weights."""
+    p = {k: v.detach().double().numpy() for k, v in net.state_dict().items()}
+    d = net.dim
+    g = _full_context(support, p)
     g_hat = g / (np.linalg.norm(g, axis=1, keepdims=True) + 1e-5)
     h, c = x.copy(), np.zeros(d)
     for _ in range(net.K):

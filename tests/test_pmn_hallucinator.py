@@ -18,7 +18,7 @@ from lowshot.heads._common import group_rows
 from lowshot.train_matching import load_base_rows, sample_episode
 from lowshot.train_pmn import PMNTrainConfig, fake_novel, load_pmn, train_pmn
 from synthetic import one_thread, pmn_file  # noqa: F401 (one_thread: autouse fixture)
-from test_matching import _lstm_step
+from test_matching import _full_context, _lstm_step
 from test_weight_generator import nuisance_project
 
 TINY = dict(episodes=60, classes_per_episode=6, max_shots=5, max_novel_shots=2, n_aug=3, hidden=32, K=1)
@@ -58,16 +58,7 @@ def test_attention_is_over_prototypes_not_examples():
 def _reference(net: PrototypeMatchingNet, support, labels, x):
     """softmax_c(f(x)·p̂_c), every step written out in numpy from the module's weights."""
     p = {k: v.detach().double().numpy() for k, v in net.matching.state_dict().items()}
-
-    def run(seq, sfx):
-        h, c, out = np.zeros(seq.shape[1]), np.zeros(seq.shape[1]), []
-        for s in seq:
-            h, c = _lstm_step(s, h, c, p[f"support_lstm.weight_ih_l0{sfx}"], p[f"support_lstm.weight_hh_l0{sfx}"],
-                              p[f"support_lstm.bias_ih_l0{sfx}"] + p[f"support_lstm.bias_hh_l0{sfx}"])
-            out.append(h)
-        return np.array(out)
-
-    g = support + run(support, "") + run(support[::-1], "_reverse")[::-1]
+    g = _full_context(support, p)
     protos = np.stack([g[labels == c].mean(0) for c in np.unique(labels)])
     h, c = x.copy(), np.zeros_like(x)
     for _ in range(net.matching.K):
