@@ -55,7 +55,6 @@ FEATURE_METHODS = {  # method -> (head, params); every head is the one `lowshot 
     "logreg": ("logreg", {}), "raw_imprint": ("raw_imprint", {}),
 }
 FULL_FT = "full_ft_bmlmz"
-METRICS = ("novel_recall", "novel_precision", "base_accuracy", "all_accuracy", "base_as_novel")
 
 
 @dataclass
@@ -109,11 +108,17 @@ def incremental(cfg: IncrementalConfig) -> Path:
             perm = np.random.default_rng([cfg.seed, c, r]).permutation(pool)
             for method in cell_methods(cfg, prob.classes.index(c), r):
                 rows += run_cell(cfg, prob, out, method, c, r, perm, test)
-    df = pd.DataFrame(rows)
+    df = with_harmonic_mean(pd.DataFrame(rows))
     write_csv(df, out / "incremental.csv")
     from lowshot.incremental_report import write_tables
     print(write_tables(df, out))
     return out / "incremental.csv"
+
+
+def with_harmonic_mean(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with `harmonic_mean` = 2·r·b / (r + b) of each run's novel recall r and base accuracy b (0 if both are 0)."""
+    r, b = df["novel_recall"], df["base_accuracy"]
+    return df.assign(harmonic_mean=(2 * r * b / (r + b)).where(r + b > 0, 0.0))
 
 
 def _check_config(cfg: IncrementalConfig) -> None:

@@ -14,8 +14,8 @@ from lowshot.io.atomic import atomic_path
 from lowshot.report import format_mean_ci, markdown_table, write_csv
 from lowshot.stats import clustered_mean_ci
 
-METRICS = ("novel_recall", "novel_precision", "base_accuracy", "all_accuracy", "base_as_novel")
-PERCENT = {"novel_recall", "novel_precision", "base_accuracy", "all_accuracy"}
+METRICS = ("novel_recall", "novel_precision", "base_accuracy", "all_accuracy", "harmonic_mean", "base_as_novel")
+PERCENT = {"novel_recall", "novel_precision", "base_accuracy", "all_accuracy", "harmonic_mean"}
 PAIRS: Tuple[Tuple[str, str], ...] = (
     ("imprint_ft", "imprint"), ("imprint_ft_bmlmz", "imprint"), ("imprint_ft_bmlmz", "imprint_ft"),
     ("rand_ft", "imprint_ft"), ("full_ft_bmlmz", "imprint"), ("full_ft_bmlmz", "imprint_ft_bmlmz"),

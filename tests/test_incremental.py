@@ -118,7 +118,10 @@ def test_tiny_end_to_end_run_writes_every_metric_with_nested_shared_shots(glyph_
     imprint = df[df.method == "imprint"]
     assert imprint.base_accuracy.mean() > 0.5 and df[df.method == FULL_FT].base_accuracy.notna().all()
     summ = pd.read_csv(tmp_path / "incr" / "summary.csv")
-    assert set(summ.metric) == {"novel_recall", "novel_precision", "base_accuracy", "all_accuracy", "base_as_novel"}
+    assert set(summ.metric) == {"novel_recall", "novel_precision", "base_accuracy", "all_accuracy", "base_as_novel",
+                                "harmonic_mean"}
+    r, b = df.novel_recall, df.base_accuracy
+    assert np.allclose(df.harmonic_mean, np.where(r + b > 0, 2 * r * b / (r + b).clip(lower=1e-12), 0), atol=1e-4)
     assert (tmp_path / "incr" / "tables.md").read_text().count("±") > 10
 
 
