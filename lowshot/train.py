@@ -152,6 +152,8 @@ def build_objective(cfg: TrainConfig, model: Model, feed, splits, device: torch.
         objective = OBJECTIVES.create(cfg.objective, **cfg.objective_args)
     except TypeError as e:
         raise InputError(cfg.run, f"objective_args {cfg.objective_args} do not fit objective {cfg.objective!r} ({e})") from None
+    if not objective.uses_classifier and feed.opts.ctx.world > 1:  # e.g. RepMet's representatives are outside DDP
+        raise InputError(cfg.run, f"objective {cfg.objective!r} trains in one process only; run it without torchrun")
     if not objective.uses_classifier and cfg.aux_loss != "none":
         raise InputError(cfg.run, f"aux_loss {cfg.aux_loss!r} acts on the classifier, which objective "
                                   f"{cfg.objective!r} does not train; use aux_loss none")

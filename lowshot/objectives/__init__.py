@@ -10,9 +10,10 @@ An objective chooses the batches of an epoch and turns a batch's model outputs i
 
 The three metric objectives train the backbone's pooled features (the `features` stage's rows)
 and never the classifier, so `lowshot features` stores no classifier rows for them and the heads
-that need those rows (`imprint`, `imprint_ft`, `rand_ft`, `raw_imprint`) do not apply. They need
-an in-memory data set (glyphs, CIFAR-100) and one training process; an epoch sees about as many
-images as one of `ce`, and the base-class accuracy of the (untrained) classifier is not logged.
+that need those rows (`imprint`, `imprint_ft`, `rand_ft`, `raw_imprint`) do not apply. They train
+in one process; `protonet` and `magnet` draw their batches from an in-memory data set (glyphs,
+CIFAR-100). An epoch sees about as many images as one of `ce`, and the base-class accuracy of the
+(untrained) classifier is not logged.
 """
 from __future__ import annotations
 
