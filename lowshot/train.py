@@ -97,14 +97,15 @@ def build_optimizer(model: Model, cfg: TrainConfig, extra=()) -> torch.optim.SGD
 
 
 def train_one_epoch(model, opt, sched, cfg: TrainConfig, epoch: int, feed, scaler, ctx: distributed.Dist,
-                    device: torch.device, objective: Objective) -> Dict[str, float]:
-    """One epoch of the objective's seeded batches of base training images; returns mean losses and speed.
+                    device: torch.device, objective: Optional[Objective] = None) -> Dict[str, float]:
+    """One epoch of the objective's (default `ce`) seeded batches of base images; returns mean losses and speed.
 
     Returns:
         loss and aux (means over images, all processes), images_per_s (all processes) and
         data_wait_s (seconds this process waited for batches).
     """
     model.train()
+    objective = objective or OBJECTIVES.create("ce")
     aux_fn = AUX_LOSSES.get(cfg.aux_loss)
     sums, wait, t0 = [0.0, 0.0, 0.0], [0.0], time.perf_counter()
     batches = timed(objective.batches(model, feed, epoch, cfg.batch_size), wait)
