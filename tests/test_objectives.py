@@ -124,7 +124,7 @@ def test_metric_objective_refuses_an_aux_loss(tiny_project):
 @pytest.mark.parametrize("objective,args", [("repmet", {"k": 2}), ("magnet", {"k": 2, "clusters": 3, "per_cluster": 4})])
 def test_interrupted_objective_resumes_to_the_same_weights(tiny_project, monkeypatch, objective, args):
     """RepMet's representatives come back from the checkpoint; Magnet re-clusters from the resumed model."""
-    import lowshot.train
+    from interrupt import interrupted_then_resumed
     from lowshot.checkpoints import load_checkpoint
     from lowshot.config import resolve_config
     from lowshot.train import TrainConfig, train
@@ -132,17 +132,8 @@ def test_interrupted_objective_resumes_to_the_same_weights(tiny_project, monkeyp
     def cfg(run):
         return resolve_config(TrainConfig, "train.json", run=run, device="cpu", objective=objective, objective_args=args)
     train(cfg("straight"))
-    real_epoch = lowshot.train.train_one_epoch
-
-    def killed_in_epoch_1(model, opt, sched, c, epoch, *rest):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(model, opt, sched, c, epoch, *rest)
-    monkeypatch.setattr(lowshot.train, "train_one_epoch", killed_in_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg("resumed"))
-    monkeypatch.setattr(lowshot.train, "train_one_epoch", real_epoch)
-    a, b = load_checkpoint("straight/checkpoints/last.pt"), load_checkpoint(train(cfg("resumed")))
+    a = load_checkpoint("straight/checkpoints/last.pt")
+    b = load_checkpoint(interrupted_then_resumed(cfg("resumed"), monkeypatch))
     assert a["epoch"] == b["epoch"] == 1
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key

@@ -4,12 +4,11 @@ import json
 import pytest
 import torch
 
-import lowshot.train
-
 from lowshot.config import resolve_config
 from lowshot.errors import InputError
 from lowshot.checkpoints import load_checkpoint
 from lowshot.train import TrainConfig, train
+from interrupt import interrupted_then_resumed
 
 
 def _cfg(project, run, **kw):
@@ -18,18 +17,7 @@ def _cfg(project, run, **kw):
 
 def test_resume_reaches_the_same_weights(tiny_project, monkeypatch):
     train(_cfg(tiny_project, "straight"))
-    real_epoch = lowshot.train.train_one_epoch
-
-    def killed_in_epoch_1(model, opt, sched, cfg, epoch, *args):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(model, opt, sched, cfg, epoch, *args)
-
-    monkeypatch.setattr(lowshot.train, "train_one_epoch", killed_in_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(tiny_project, "resumed"))
-    monkeypatch.setattr(lowshot.train, "train_one_epoch", real_epoch)
-    last = train(_cfg(tiny_project, "resumed"))  # the same command again resumes at epoch 1
+    last = interrupted_then_resumed(_cfg(tiny_project, "resumed"), monkeypatch)
     a = load_checkpoint(tiny_project / "straight/checkpoints/last.pt")
     b = load_checkpoint(last)
     assert a["epoch"] == b["epoch"] == 1
