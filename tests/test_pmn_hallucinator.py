@@ -218,3 +218,15 @@ def test_cli_trains_benchmarks_and_recomputes_after_retraining(feature_project):
     gen = ("benchmark", "--run", "runs/synth", "--heads", "logreg", "--generator", "pmn", "--max-per-label", "5",
            "--n", "1", "--expid", "1", "--device", "cpu")
     assert "1 new result files" in invoke(*gen).output  # default generator file: the run's train-pmn output
+
+
+def test_runs_in_episodes_where_every_class_is_novel(tmp_path):
+    from lowshot.episodes import episode_accuracies
+    g = torch.Generator().manual_seed(0)
+    means = 6 * torch.eye(4)[:3]  # 3 ways, well apart; rows stay non-negative-ish around them
+    support = (means[None, :, None] + 0.3 * torch.randn(2, 3, 1, 4, generator=g)).abs()  # 2 episodes, 1 shot
+    query = (means[None, :, None] + 0.3 * torch.randn(2, 3, 5, 4, generator=g)).abs()
+    task = Task(3, np.zeros(0, np.int64), np.arange(3))
+    acc = episode_accuracies("pmn_hallucinator", {"model": pmn_file(tmp_path / "p.pt", 4, n_aug=3)}, support, query,
+                             task)
+    assert acc.shape == (2,) and (acc > 0.9).all(), acc

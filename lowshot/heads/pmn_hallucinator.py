@@ -79,8 +79,11 @@ class PMNHallucinator(Head):
     up to `n_aug` rows (default: the number the model was trained with); it is encoded once by the BiLSTM and averaged
     into one prototype per class; a test feature's score is its log-probability by attention over
     the prototypes. Needs `lowshot train-pmn` (`model`, default <run>/heads/pmn_hallucinator.pt).
-    Traps: returns log-probabilities; G's noise and seeds are drawn from the cell's seed.
+    Traps: returns log-probabilities; G's noise and seeds are drawn from the cell's seed. In an episode
+    (no base rows) every support class is novel and is topped up by G.
     """
+
+    episodic = True
 
     def __init__(self, support_per_class: int = 20, n_aug: Optional[int] = None, model: Optional[str] = None):
         self.support_per_class = support_per_class
