@@ -42,6 +42,7 @@ from lowshot.data import DATASETS
 from lowshot.errors import InputError
 from lowshot.heads import HEADS, Task
 from lowshot.incremental_ft import FullFTRecipe, SplitCosine, fine_tune
+from lowshot.incremental_report import write_tables
 from lowshot.io.atomic import write_json
 from lowshot.io.fingerprint import array_digest, file_digest
 from lowshot.io.splits import load_label_splits
@@ -110,7 +111,6 @@ def incremental(cfg: IncrementalConfig) -> Path:
                 rows += run_cell(cfg, prob, out, method, c, r, perm, test)
     df = with_harmonic_mean(pd.DataFrame(rows))
     write_csv(df, out / "incremental.csv")
-    from lowshot.incremental_report import write_tables
     print(write_tables(df, out))
     return out / "incremental.csv"
 
