@@ -13,10 +13,11 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from lowshot.checkpoints import check_feature_dim, load_checkpoint, model_up_to_date, stage_config
@@ -84,18 +85,27 @@ def sample_episode(rows: torch.Tensor, valid: torch.Tensor, m: int, max_shots: i
     return support, torch.arange(m).repeat_interleave(shots), queries
 
 
-def train_episodes(model: MatchingNet, feats, labels, sched: Dict[str, int], cfg: MatchingTrainConfig) -> None:
-    """SGD (momentum 0.9, dampening 0.9, wd) on the NLL of one query per class, one episode per step."""
+def class_rows(labels: torch.Tensor):
+    """Row ids (C, W) of each class in `labels` (N,) and the bool (C, W) marking the real ones, on the CPU."""
     rows, valid, _ = group_rows(torch.arange(len(labels))[:, None], labels.cpu(), torch.unique(labels.cpu()))
+    return rows[..., 0], valid
+
+
+def sgd_on_episodes(model: nn.Module, episode_logp: Callable[[torch.Generator], torch.Tensor], sched: Dict[str, int],
+                    cfg, name: str) -> List[Dict[str, float]]:
+    """SGD (momentum 0.9, dampening 0.9, wd; lr ÷ 10 every lr_step episodes) on the NLL of one query per class.
+
+    `episode_logp(gen)` draws one episode of m = classes_per_episode classes from `gen` and returns the
+    queries' log-probabilities (m, m), query i being of class i. Returns the mean loss and query
+    accuracy of each tenth of the episodes; a non-finite loss is a one-line `InputError`.
+    """
     m, every = sched["classes_per_episode"], max(1, sched["episodes"] // 10)
     gen = generator(cfg.seed, torch.device("cpu"))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, dampening=0.9, weight_decay=cfg.wd)
-    target, total, hits = torch.arange(m, device=feats.device), 0.0, 0
-    for ep in tqdm(range(sched["episodes"]), desc="matching episodes", leave=False, disable=None):
+    target, total, hits, log = torch.arange(m, device=next(model.parameters()).device), 0.0, 0, []
+    for ep in tqdm(range(sched["episodes"]), desc=f"{name} episodes", leave=False, disable=None):
         opt.param_groups[0]["lr"] = cfg.lr * 0.1 ** (ep // sched["lr_step"])
-        episode = sample_episode(rows[..., 0], valid, m, cfg.max_shots, gen)
-        support, support_labels, queries = (t.to(feats.device) for t in episode)
-        logp = model(feats[support], support_labels, feats[queries], m)
+        logp = episode_logp(gen)
         loss = F.nll_loss(logp, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -103,32 +113,55 @@ def train_episodes(model: MatchingNet, feats, labels, sched: Dict[str, int], cfg
         total, hits = total + loss.item(), hits + int((logp.argmax(1) == target).sum())
         if (ep + 1) % every == 0:
             if not math.isfinite(total):
-                raise InputError(cfg.run, f"matching network training diverged at episode {ep + 1}; lower --set lr")
+                raise InputError(cfg.run, f"{name} training diverged at episode {ep + 1}; lower --set lr")
+            log.append({"episode": ep + 1, "loss": total / every, "query_acc": hits / (every * m)})
             tqdm.write(f"episode {ep + 1}/{sched['episodes']} lr {opt.param_groups[0]['lr']:g} "
                        f"loss {total / every:.4f} query acc {hits / (every * m):.3f}")
             total, hits = 0.0, 0
+    return log
+
+
+def train_episodes(model: MatchingNet, feats, labels, sched: Dict[str, int],
+                   cfg: MatchingTrainConfig) -> List[Dict[str, float]]:
+    """H&G's episodes: m classes, 1..max_shots support rows each, one query per class (`sgd_on_episodes`)."""
+    rows, valid = class_rows(labels)
+    m = sched["classes_per_episode"]
+
+    def episode_logp(gen: torch.Generator) -> torch.Tensor:
+        support, support_labels, queries = (t.to(feats.device) for t in sample_episode(rows, valid, m, cfg.max_shots, gen))
+        return model(feats[support], support_labels, feats[queries], m)
+
+    return sgd_on_episodes(model, episode_logp, sched, cfg, "matching network")
+
+
+def episodic_stage(cfg, out: Path, name: str, build: Callable[[int], nn.Module], train: Callable,
+                   load_file: Callable[[Path], Dict], extra: Dict) -> Path:
+    """A stage that trains a model on base-class episodes: skipped when `out` holds a model of the same
+    configuration and base rows; else `build(dim)`, `train(model, feats, labels, sched, cfg)` (returns the
+    training log), and an atomic save of the weights, `extra`, configuration, schedule, log and inputs."""
+    feats, labels, path, digest = load_base_rows(cfg)
+    saved = stage_config(cfg)
+    if not cfg.force and model_up_to_date(out, saved, digest, load_file):
+        return out
+    sched, device = schedule(cfg, len(torch.unique(labels))), pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = build(feats.shape[1]).to(device)
+    print(f"training {name}: {sched['episodes']} episodes of {sched['classes_per_episode']} classes", flush=True)
+    start = time.perf_counter()
+    with one_thread(device):
+        log = train(model, feats.to(device), labels.to(device), sched, cfg)
+    print(f"{name} training: {time.perf_counter() - start:.1f} s", flush=True)
+    save_torch(out, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "dim": feats.shape[1],
+                     **extra, "config": saved, "schedule": sched, "log": log, "features": path,
+                     "features_digest": digest, "versions": versions()})
+    return out
 
 
 def train_matching(cfg: MatchingTrainConfig) -> Path:
     """Train the matching network on all base classes; returns the path of `matching.pt` (skipped if up to date)."""
     out = Path(cfg.out) if cfg.out else RunFolder(Path(cfg.run)).matching_model
-    feats, labels, path, digest = load_base_rows(cfg)
-    saved = stage_config(cfg)
-    if not cfg.force and model_up_to_date(out, saved, digest, load_model_file):
-        return out
-    sched, device = schedule(cfg, len(torch.unique(labels))), pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = MatchingNet(feats.shape[1], cfg.K).to(device)
-    print(f"training the matching network: {sched['episodes']} episodes of {sched['classes_per_episode']} classes",
-          flush=True)
-    start = time.perf_counter()
-    with one_thread(device):
-        train_episodes(model, feats.to(device), labels.to(device), sched, cfg)
-    print(f"matching network training: {time.perf_counter() - start:.1f} s", flush=True)
-    save_torch(out, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "dim": feats.shape[1],
-                     "K": cfg.K, "config": saved, "schedule": sched, "features": path, "features_digest": digest,
-                     "versions": versions()})
-    return out
+    return episodic_stage(cfg, out, "the matching network", lambda dim: MatchingNet(dim, cfg.K), train_episodes,
+                          load_model_file, {"K": cfg.K})
 
 
 def load_model_file(path: str | Path) -> Dict:
