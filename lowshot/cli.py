@@ -174,54 +174,43 @@ def features(run, checkpoint, backbone, weights, random_init, dataset, root, for
     features_stage(cfg)
 
 
-@main.command()
-@click.option("--run", default=None, help="Run folder (or name under runs/).")
-@click.option("--force", is_flag=True, default=None)
-@common
-def generate(run, force, config, sets, seed, device):
-    """Train the analogy-based feature generator on base-class features (<run>/generator/)."""
-    _features_stage("lowshot.generate", "GenerateConfig", "generate", "generator", run, force, config, sets, seed,
-                    device)
+# The stages that train a model on a run's cached base-class features: command -> (module, config class,
+# function, label, help).
+FEATURE_STAGES = {
+    "generate": ("lowshot.generate", "GenerateConfig", "generate", "generator",
+                 "Train the analogy-based feature generator on base-class features (<run>/generator/)."),
+    "train-matching": ("lowshot.train_matching", "MatchingTrainConfig", "train_matching", "matching network",
+                       "Train the matching network episodically on base-class features (<run>/heads/matching.pt)."),
+    "train-weight-generator": ("lowshot.train_weight_generator", "WeightGeneratorTrainConfig",
+                               "train_weight_generator", "weight generator",
+                               "Train Gidaris & Komodakis' few-shot weight generator on base-class features "
+                               "(<run>/heads/weight_generator.pt)."),
+    "train-pmn": ("lowshot.train_pmn", "PMNTrainConfig", "train_pmn", "prototype matching network",
+                  "Meta-learn prototype matching networks + hallucinator on base-class features "
+                  "(<run>/heads/pmn_hallucinator.pt)."),
+}
 
 
-def _features_stage(module: str, config_cls: str, stage: str, label: str, run, force, config, sets, seed, device):
-    """Run a stage that trains on a run's cached features: resolve its config, run it, print what it wrote."""
-    import importlib
-    from lowshot.run import run_dir
-    mod = importlib.import_module(module)
-    cfg = _resolve(getattr(mod, config_cls), config, sets, run=run and run_dir(run), force=force, seed=seed,
-                   device=device)
-    click.echo(f"{label}: {getattr(mod, stage)(cfg)}")
+def _features_stage_command(name: str, module: str, config_cls: str, stage: str, label: str, doc: str) -> None:
+    """Register `lowshot NAME`: resolve the stage's config, run it, print what it wrote."""
+    def command(run, force, config, sets, seed, device):
+        import importlib
+        from lowshot.run import run_dir
+        mod = importlib.import_module(module)
+        cfg = _resolve(getattr(mod, config_cls), config, sets, run=run and run_dir(run), force=force, seed=seed,
+                       device=device)
+        click.echo(f"{label}: {getattr(mod, stage)(cfg)}")
+
+    command.__doc__ = doc
+    options = [click.option("--run", default=None, help="Run folder (or name under runs/)."),
+               click.option("--force", is_flag=True, default=None), common]
+    for option in reversed(options):
+        command = option(command)
+    main.command(name)(command)
 
 
-@main.command("train-matching")
-@click.option("--run", default=None, help="Run folder (or name under runs/).")
-@click.option("--force", is_flag=True, default=None)
-@common
-def train_matching(run, force, config, sets, seed, device):
-    """Train the matching network episodically on base-class features (<run>/heads/matching.pt)."""
-    _features_stage("lowshot.train_matching", "MatchingTrainConfig", "train_matching", "matching network", run, force,
-                    config, sets, seed, device)
-
-
-@main.command("train-weight-generator")
-@click.option("--run", default=None, help="Run folder (or name under runs/).")
-@click.option("--force", is_flag=True, default=None)
-@common
-def train_weight_generator(run, force, config, sets, seed, device):
-    """Train Gidaris & Komodakis' few-shot weight generator on base-class features (<run>/heads/weight_generator.pt)."""
-    _features_stage("lowshot.train_weight_generator", "WeightGeneratorTrainConfig", "train_weight_generator",
-                    "weight generator", run, force, config, sets, seed, device)
-
-
-@main.command("train-pmn")
-@click.option("--run", default=None, help="Run folder (or name under runs/).")
-@click.option("--force", is_flag=True, default=None)
-@common
-def train_pmn(run, force, config, sets, seed, device):
-    """Meta-learn prototype matching networks + hallucinator on base-class features (<run>/heads/pmn_hallucinator.pt)."""
-    _features_stage("lowshot.train_pmn", "PMNTrainConfig", "train_pmn", "prototype matching network", run, force,
-                    config, sets, seed, device)
+for _name, _spec in FEATURE_STAGES.items():
+    _features_stage_command(_name, *_spec)
 
 
 @main.command()
