@@ -50,3 +50,14 @@ def test_classes_without_data_are_never_predicted():
     feats, labels = _cell()
     scores = HEADS.create("logreg").fit(feats, labels, Task(14, np.arange(6), np.arange(6, 12))).scores(feats)
     assert torch.isinf(scores[:, 12:]).all() and torch.isfinite(scores[:, :12]).all()
+
+
+def test_coarse_start_reaches_the_same_optimum_and_is_off_by_default():
+    feats, labels = _cell(n=1)
+    test, _ = map(torch.from_numpy, gaussian_features(per_class=30, dim=8, sep=2.0, noise_seed=5))
+    plain = HEADS.create("logreg", wd=0.01, tol=1e-6).fit(feats, labels, _task())
+    coarse = HEADS.create("logreg", wd=0.01, tol=1e-6, coarse=4).fit(feats, labels, _task())
+    assert (coarse.weight_ - plain.weight_).abs().max() < 5e-3 and (coarse.bias_ - plain.bias_).abs().max() < 5e-3
+    assert torch.equal(coarse.scores(test).argmax(1), plain.scores(test).argmax(1))
+    assert "coarse" not in HEADS.create("logreg").get_params()  # results made before the option keep their identity
+    assert HEADS.create("logreg", coarse=4).get_params()["coarse"] == 4
