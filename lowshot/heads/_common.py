@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,20 @@ def model_file_digest(task, path: Path, missing: str) -> str:
     key = ("model_file_digest", str(path), path.stat().st_mtime_ns)
     if key not in task.cache:
         task.cache[key] = file_digest(path)
+    return task.cache[key]
+
+
+def trained_model_path(task, model: Optional[str], run_file: str) -> Path:
+    """A head's trained-model file: its `model` option if set, else the run folder's `run_file`
+    (a `RunFolder` attribute, e.g. "matching_model")."""
+    from lowshot.run import RunFolder
+    return Path(model) if model else getattr(RunFolder(Path(task.run_dir or ".")), run_file)
+
+
+def memoised_model(task, key: tuple, load: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """`load()` on the task's device in eval mode, read once per process (memoised in `task.cache` under `key`)."""
+    if key not in task.cache:
+        task.cache[key] = load().to(task.device).eval()
     return task.cache[key]
 
 

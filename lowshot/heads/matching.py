@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from lowshot.heads import HEADS, Head, Task
-from lowshot.heads._common import generator, group_rows, model_file_digest, split_base
+from lowshot.heads._common import (generator, group_rows, memoised_model, model_file_digest, split_base,
+                                    trained_model_path)
 
 
 class MatchingNet(nn.Module):
@@ -136,17 +137,13 @@ class Matching(Head):
         return {"matching_network": model_file_digest(task, self._path(task), MISSING)}
 
     def _path(self, task: Task) -> Path:
-        from lowshot.run import RunFolder
-        return Path(self.model) if self.model else RunFolder(Path(task.run_dir or ".")).matching_model
+        return trained_model_path(task, self.model, "matching_model")
 
     def _load(self, task: Task, dim: int) -> MatchingNet:
         """The trained network, read once per process (memoised in `task.cache`)."""
         from lowshot.train_matching import load_matching_net
         path = self._path(task)
-        key = ("matching_net", str(path), str(task.device))
-        if key not in task.cache:
-            task.cache[key] = load_matching_net(path, dim).to(task.device).eval()
-        return task.cache[key]
+        return memoised_model(task, ("matching_net", str(path), str(task.device)), lambda: load_matching_net(path, dim))
 
     def _support(self, feats: torch.Tensor, labels: torch.Tensor, task: Task):
         """Support (S, d) and labels (S,): base rows grouped by class, then the novel block tiled (H&G)."""

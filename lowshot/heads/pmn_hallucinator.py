@@ -19,7 +19,8 @@ from torch import nn
 from lowshot.generators._common import plan_new_rows
 from lowshot.generators.pmn import HIDDEN, Hallucinator
 from lowshot.heads import HEADS, Head, Task
-from lowshot.heads._common import class_means, generator, split_base
+from lowshot.heads._common import (class_means, generator, memoised_model, model_file_digest, split_base,
+                                    trained_model_path)
 from lowshot.heads.matching import MatchingNet, base_support_rows, one_thread
 
 
@@ -118,19 +119,14 @@ class PMNHallucinator(Head):
     def input_digests(self, task: Task) -> Dict[str, str]:
         """Fingerprint of the model file, which `lowshot benchmark` adds to a cell's identity: a cell computed
         with another (e.g. retrained) network is recomputed, not skipped; a missing file is one line."""
-        from lowshot.heads._common import model_file_digest
         from lowshot.train_pmn import MISSING
         return {"pmn_hallucinator": model_file_digest(task, self._path(task), MISSING)}
 
     def _path(self, task: Task) -> Path:
-        from lowshot.run import RunFolder
-        return Path(self.model) if self.model else RunFolder(Path(task.run_dir or ".")).pmn_model
+        return trained_model_path(task, self.model, "pmn_model")
 
     def _load(self, task: Task, dim: int) -> PrototypeMatchingNet:
         """The trained network, read once per process (memoised in `task.cache`)."""
         from lowshot.train_pmn import load_pmn
         path = self._path(task)
-        key = ("pmn_hallucinator", str(path), str(task.device))
-        if key not in task.cache:
-            task.cache[key] = load_pmn(path, dim).to(task.device).eval()
-        return task.cache[key]
+        return memoised_model(task, ("pmn_hallucinator", str(path), str(task.device)), lambda: load_pmn(path, dim))

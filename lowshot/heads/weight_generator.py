@@ -17,7 +17,8 @@ from torch import nn
 
 from lowshot.errors import InputError
 from lowshot.heads import HEADS, Head, Task
-from lowshot.heads._common import group_rows, l2_normalise, mask_absent, model_file_digest, split_base
+from lowshot.heads._common import (group_rows, l2_normalise, mask_absent, memoised_model, model_file_digest,
+                                    split_base, trained_model_path)
 
 
 class FewShotWeightGenerator(nn.Module):
@@ -138,14 +139,11 @@ class WeightGenerator(Head):
         return {"weight_generator": model_file_digest(task, self._path(task), MISSING)}
 
     def _path(self, task: Task) -> Path:
-        from lowshot.run import RunFolder
-        return Path(self.model) if self.model else RunFolder(Path(task.run_dir or ".")).weight_generator_model
+        return trained_model_path(task, self.model, "weight_generator_model")
 
     def _load(self, task: Task, dim: int, shots: int) -> FewShotWeightGenerator:
         """The generator trained for `shots` shots, read once per process (memoised in `task.cache`)."""
         from lowshot.train_weight_generator import load_generator
         path = self._path(task)
-        key = ("weight_generator", str(path), str(task.device), shots)
-        if key not in task.cache:
-            task.cache[key] = load_generator(path, dim, shots).to(task.device).eval()
-        return task.cache[key]
+        return memoised_model(task, ("weight_generator", str(path), str(task.device), shots),
+                              lambda: load_generator(path, dim, shots))
