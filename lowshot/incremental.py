@@ -95,6 +95,7 @@ class Problem:
     classes: List[int]
     inputs: Dict[str, Any]  # what the cells' keys hash
     device: torch.device
+    embedded: Dict[Any, torch.Tensor] = field(default_factory=dict)  # memo of `embedded_images`
 
 
 def incremental(cfg: IncrementalConfig) -> Path:
@@ -265,9 +266,8 @@ def head_scores(cfg: IncrementalConfig, prob: Problem, method: str, shots: np.nd
     """Scores (M + m, B + 1) of a feature head fitted on all base training embeddings + the shots' embeddings."""
     name, params = _head(cfg, method)
     train_y, test_y = _labels(prob, test)
-    shot_feats = embed(prob.clf, torch.from_numpy(prob.data.train_images[shots]), prob.device)
-    test_feats = torch.cat([prob.feats["test"], embed(prob.clf, torch.from_numpy(prob.data.test_images[test]),
-                                                      prob.device)])
+    shot_feats = embedded_images(prob, "train", shots)
+    test_feats = torch.cat([prob.feats["test"], embedded_images(prob, "test", test)])
     feats = torch.cat([prob.feats["train"], shot_feats])
     labels = torch.cat([train_y, torch.full((len(shots),), len(prob.clf.class_ids), device=prob.device)])
     head = HEADS.create(name, **params).fit(feats, labels, _task(prob, seed))
@@ -294,8 +294,18 @@ def full_ft_scores(cfg: IncrementalConfig, prob: Problem, method: str, shots: np
         return head(embed(tuned, test_pixels, prob.device)), test_y
 
 
+def embedded_images(prob: Problem, split: str, idx: np.ndarray) -> torch.Tensor:
+    """Embeddings (len(idx), d) of `data.<split>_images[idx]`, computed once per process: every method and
+    n of a (class, draw) embeds the same novel test images and the same shots."""
+    key = (split, idx.tobytes())
+    if key not in prob.embedded:
+        images = prob.data.train_images if split == "train" else prob.data.test_images
+        prob.embedded[key] = embed(prob.clf, torch.from_numpy(images[idx]), prob.device)
+    return prob.embedded[key]
+
+
 def _imprinted_row(prob: Problem, shots: np.ndarray, seed: int) -> torch.Tensor:
     """The novel row (d,) the `imprint` head gives these shots: normalise(mean of normalised embeddings)."""
-    feats = embed(prob.clf, torch.from_numpy(prob.data.train_images[shots]), prob.device)
+    feats = embedded_images(prob, "train", shots)
     labels = torch.full((len(shots),), len(prob.clf.class_ids), device=prob.device)
     return HEADS.create("imprint").fit(feats, labels, _task(prob, seed)).weight_[-1]
