@@ -86,13 +86,9 @@ class GroupSampler:
     """
 
     def __init__(self, groups: torch.Tensor, num_groups: int):
-        self.counts = torch.bincount(groups, minlength=num_groups)
-        order = torch.argsort(groups, stable=True)
-        self.offsets = torch.cumsum(self.counts, 0) - self.counts
-        width = max(1, int(self.counts.max()))
-        self.members = torch.full((num_groups, width), -1, dtype=torch.long)
-        col = torch.arange(len(groups)) - self.offsets[groups[order]]
-        self.members[groups[order], col] = order
+        from lowshot.heads._common import group_rows
+        rows, real, self.counts = group_rows(torch.arange(len(groups))[:, None], groups, torch.arange(num_groups), 1)
+        self.members = rows[..., 0].masked_fill(~real, -1)  # (G, width) row ids in order, −1 padding
 
     def draw(self, chosen: torch.Tensor, per_group: int, gen: torch.Generator) -> torch.Tensor:
         """Row indices (len(chosen), per_group): distinct rows of each chosen group (with replacement
