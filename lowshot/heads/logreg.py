@@ -26,6 +26,7 @@ from lowshot.heads import HEADS, Head, Task
 from lowshot.heads._common import mask_absent, split_base
 
 SOLVER_PARAMS = {"lbfgs": ("wd", "tol", "sample"), "hg": ("lr", "wd", "maxiters", "batch_size")}  # what each solver reads
+SAMPLE = 32  # default base rows per class in the sample of `minimise_softmax`
 
 
 def mixing_weights(labels: torch.Tensor, task: Task) -> torch.Tensor:
@@ -42,7 +43,7 @@ class LogReg(Head):
     """Multinomial logistic regression on cached features (H&G 2017, arXiv 1606.02819, §3.4)."""
 
     def __init__(self, solver: str = "lbfgs", lr: float = 0.1, wd: float = 0.001, maxiters: int = 10000,
-                 batch_size: int = 1000, tol: float = 1e-4, sample: int = 32):
+                 batch_size: int = 1000, tol: float = 1e-4, sample: int = SAMPLE):
         self.solver = solver
         self.lr = lr
         self.wd = wd
@@ -52,10 +53,14 @@ class LogReg(Head):
         self.sample = sample
 
     def get_params(self) -> Dict[str, Any]:
-        """The options the chosen solver uses (they make the result identity); the others have no effect."""
+        """The options the chosen solver uses (they make the result identity); the others have no effect.
+        `sample` appears only when it is not the default: results made before it existed keep their
+        identity (the same optimum within `tol`; on data with at most 4 × 32 base rows per class the very
+        same computation)."""
         params = super().get_params()
         used = SOLVER_PARAMS.get(self.solver)
-        return params if used is None else {k: v for k, v in params.items() if k == "solver" or k in used}
+        params = params if used is None else {k: v for k, v in params.items() if k == "solver" or k in used}
+        return {k: v for k, v in params.items() if k != "sample" or v != SAMPLE}
 
     def fit(self, feats: torch.Tensor, labels: torch.Tensor, task: Task) -> "LogReg":
         if self.solver not in SOLVER_PARAMS:
