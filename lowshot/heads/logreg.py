@@ -103,7 +103,7 @@ class LogReg(Head):
         return layer.weight.detach(), layer.bias.detach()
 
     def _fit_lbfgs(self, feats, labels, task: Task):
-        """Full-batch L-BFGS on the expected H&G objective over the classes present."""
+        """The expected H&G objective over the classes present, minimised to `tol` (`minimise_softmax`)."""
         classes = self.present_.nonzero()[:, 0]
         local = torch.full((task.num_classes,), -1, dtype=torch.long, device=labels.device)
         local[classes] = torch.arange(len(classes), device=labels.device)
