@@ -14,7 +14,7 @@ SEED   ?= 0
 # torch/torchvision known to work together on this machine (setup.cfg holds lower bounds only)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test data train features generate train-matching weight-generator pmn benchmark benchmark-slow benchmark-gen episodes report baselines representations objectives incremental incremental-cifar100 clean-demo
+.PHONY: install demo test data train features generate train-matching train-weight-generator train-pmn weight-generator pmn benchmark benchmark-slow benchmark-gen episodes report baselines representations objectives incremental incremental-cifar100 clean-demo
 
 install: $(VENV)/.installed
 
@@ -40,16 +40,20 @@ generate: install
 train-matching: install
 	$(LOWSHOT) train-matching --run $(RUN) --seed $(SEED)
 
+train-weight-generator: install
+	$(LOWSHOT) train-weight-generator --run $(RUN) --seed $(SEED)
+
+train-pmn: install
+	$(LOWSHOT) train-pmn --run $(RUN) --seed $(SEED)
+
 # Gidaris & Komodakis' few-shot weight generator: its stage-2 training on the base features, then its 25 cells
 # (not part of `make demo`, which it would lengthen by minutes)
-weight-generator: install
-	$(LOWSHOT) train-weight-generator --run $(RUN) --seed $(SEED)
+weight-generator: train-weight-generator
 	$(LOWSHOT) benchmark --run $(RUN) --heads weight_generator --seed $(SEED)
 
 # Wang et al.'s prototype matching networks + hallucinator, meta-learned together on the base features, then their 25
 # cells and logistic regression on the learned hallucinator's rows (not part of `make demo`: training takes minutes)
-pmn: install
-	$(LOWSHOT) train-pmn --run $(RUN) --seed $(SEED)
+pmn: train-pmn
 	$(LOWSHOT) benchmark --run $(RUN) --heads pmn_hallucinator --seed $(SEED)
 	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator pmn --max-per-label 5 --seed $(SEED)
 	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator pmn --max-per-label 20 --seed $(SEED)

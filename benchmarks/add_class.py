@@ -1,7 +1,7 @@
 """`lowshot add-class` on a trained glyph model: one novel class at a time, from its 5 shots of experiment 1.
 
 For each of the first K novel classes of a setup, the 5 shot images (experiment 1's shot file) are
-written as PNG files and added with `lowshot.addclass.add_class` — imprinting alone, and imprinting +
+written as PNG files and added with `lowshot.protocols.addclass.add_class` — imprinting alone, and imprinting +
 last-layer fine-tuning with each `--steps` value — then the new model is scored on the run's cached
 test features: recall of the new class on its test images, base top-1 over the base classes' test
 images (the model's own classes) against the model before the addition, base test images taken by
@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lowshot.addclass import AddClassConfig, add_class, load_classifier
-from lowshot.checkpoints import load_checkpoint
 from lowshot.data import DATASETS
-from lowshot.heads._common import l2_normalise
+from lowshot.heads.maths import l2_normalise
+from lowshot.io.checkpoints import load_checkpoint
 from lowshot.io.features import read_features
 from lowshot.io.splits import load_label_splits, load_shots
+from lowshot.protocols.addclass import AddClassConfig, add_class, load_classifier
 from lowshot.run import RunFolder, shots_dir, splits_path
 from lowshot.stats import mean_ci
 
@@ -75,10 +75,10 @@ def main() -> None:
     p.add_argument("--steps", default="200", help="fine-tuning steps to try, comma-separated")
     args = p.parse_args()
     args.steps = [int(s) for s in args.steps.split(",")]
-    args.checkpoint = str(RunFolder(Path(args.run)).last_checkpoint)
+    args.checkpoint = str(RunFolder(Path(args.run)).path("checkpoint"))
     torch.manual_seed(0)
     clf = load_classifier(args.checkpoint)
-    fs = read_features(RunFolder(Path(args.run)).features / "test.hdf5")
+    fs = read_features(RunFolder(Path(args.run)).path("test_features"))
     data = DATASETS.create(clf.config["dataset"], **clf.config["dataset_args"])
     splits = load_label_splits(splits_path("glyphs"))
     test = {"feats": torch.from_numpy(fs.feats), "labels": fs.labels}

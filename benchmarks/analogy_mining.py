@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from lowshot.config import pick_device
-from lowshot.generators.mining import mine_analogies, mine_analogies_loop
+from lowshot.generators.analogies.mining import mine_analogies, mine_analogies_loop
+from lowshot.runtime import pick_device
 
 
 def timed(fn, repeats: int = 1, best: bool = False):
@@ -85,7 +85,7 @@ def end_to_end(features: str, device) -> None:
     if not os.path.exists(features):
         print(f"end to end: skipped, {features} not found (run `make features` first)")
         return
-    from lowshot.generate import GenerateConfig, generate
+    from lowshot.stages.generate import GenerateConfig, generate
     with tempfile.TemporaryDirectory() as out:
         cfg = GenerateConfig(features_dir=os.path.dirname(features), out_dir=out, device=str(device))
         seconds, _ = timed(lambda: generate(cfg))

@@ -1,7 +1,7 @@
 """Training throughput streamed from JPEG files against the same model fed from memory, in one process.
 
 Writes a folder of synthetic JPEGs (smooth random colour fields, 256–320 px, quality 90), then runs
-the training loop (`lowshot.train.train_one_epoch`) on the same images two ways: streamed (decoded
+the training loop (`lowshot.stages.train.train_one_epoch`) on the same images two ways: streamed (decoded
 by DataLoader workers with H&G's 224-pixel augmentation, `--workers`, default: this machine's) and
 from memory (the images pre-decoded and centre-cropped to one uint8 tensor, no decoding). Epochs
 alternate after a warm-up, so both see the same machine load; the loader's cost is
@@ -24,7 +24,7 @@ from lowshot.data import DATASETS
 from lowshot.data.feeds import FeedOptions, MemoryFeed, StreamFeed
 from lowshot.distributed import Dist
 from lowshot.precision import grad_scaler
-from lowshot.train import TrainConfig, build_optimizer, train_one_epoch
+from lowshot.stages.train import TrainConfig, build_optimizer, train_one_epoch
 
 
 def write_jpegs(root: Path, classes: int, per_class: int, seed: int = 0) -> None:

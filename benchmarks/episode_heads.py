@@ -16,8 +16,13 @@ import time
 import numpy as np
 import torch
 
-from lowshot.episodes import EpisodesConfig, _load, draw_episodes, episode_accuracies
 from lowshot.heads import HEADS, Task
+from lowshot.protocols.episodes import (
+    EpisodesConfig,
+    _load,
+    draw_episodes,
+    episode_accuracies,
+)
 
 HEADS_TIMED = ["bd_cspn", "laplacian_shot", "pt_map", "tim", "transductive_ft"]
 

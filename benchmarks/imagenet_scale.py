@@ -9,7 +9,7 @@ files; d = 512 (or --dim 2048). Features are ReLU outputs of class means (differ
 nor 100 %. Then, each in a fresh process so that its peak resident
 memory (ru_maxrss) is its own:
 
-  grid     the `logreg` cells through `lowshot.benchmark` (the CLI's code path), then a few cells
+  grid     the `logreg` cells through `lowshot.stages.benchmark` (the CLI's code path), then a few cells
            of the other feature-only heads; time per cell and peak memory;
   compare  default solver and `--solver hg` on the same cells, in one process: time per cell,
            speed ratio, accuracy difference;
@@ -106,7 +106,12 @@ def write_split(path: Path, sizes: np.ndarray, means: Means, args, split: int) -
 
 def write_data(args) -> None:
     """Features, label split and shot files under args.out (skipped when the manifest matches)."""
-    from lowshot.io.splits import LabelSplits, make_shots, write_label_splits, write_shots
+    from lowshot.io.splits import (
+        LabelSplits,
+        make_shots,
+        write_label_splits,
+        write_shots,
+    )
     out = Path(args.out)
     manifest = {k: getattr(args, k) for k in ("dim", "rows_scale", "seed", "separation", "noise", "spread")}
     if (out / "manifest.json").exists() and json.loads((out / "manifest.json").read_text()) == manifest:
@@ -132,7 +137,7 @@ def write_data(args) -> None:
 
 def config(args, head: str, params: dict, ns, expids, tag: str):
     """A `BenchmarkConfig` over the synthetic set, results under OUT/results/<tag>."""
-    from lowshot.benchmark import BenchmarkConfig
+    from lowshot.stages.benchmark import BenchmarkConfig
     out = Path(args.out)
     return BenchmarkConfig(run=str(out), heads=[head], head_params={head: params}, ns=list(ns), expids=list(expids),
                            features_dir=str(out / "features"), splits=str(out / "label_splits.json"),
@@ -142,8 +147,8 @@ def config(args, head: str, params: dict, ns, expids, tag: str):
 
 def timed_cells(cfg) -> list:
     """Run the grid of `cfg`; (n, expid, seconds, accs %) per cell, seconds = the cell's own wall time."""
-    from lowshot.benchmark import benchmark
     from lowshot.io.results import read_results
+    from lowshot.stages.benchmark import benchmark
     start = time.perf_counter()
     benchmark(cfg)
     total = time.perf_counter() - start
@@ -223,7 +228,7 @@ def mining(args) -> None:
     """Measured miner rate on a slice of ImageNet-shaped centroids, projected to 389 × 100 centroids."""
     import torch
 
-    from lowshot.generators.mining import mine_analogies
+    from lowshot.generators.analogies.mining import mine_analogies
     classes, k, d = args.mining_classes, 100, args.dim
     cent = torch.rand(classes, k, d, generator=torch.Generator().manual_seed(args.seed))
     mine_analogies(cent[:2], args.mining_memory_mb)  # warm-up

@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from lowshot.benchmark import BenchmarkConfig, benchmark
 from lowshot.io.results import ACC_NAMES, read_results
+from lowshot.stages.benchmark import BenchmarkConfig, benchmark
 
 
 def run(solver: str, args, out_dir: str) -> float:

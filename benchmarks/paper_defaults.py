@@ -16,10 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lowshot.benchmark import BenchmarkConfig, benchmark
-from lowshot.episodes import EpisodesConfig, _load, draw_episodes, episode_accuracies
 from lowshot.heads import Task
 from lowshot.io.results import read_results
+from lowshot.protocols.episodes import (
+    EpisodesConfig,
+    _load,
+    draw_episodes,
+    episode_accuracies,
+)
+from lowshot.stages.benchmark import BenchmarkConfig, benchmark
 from lowshot.stats import mean_ci
 
 GRID = {"magnet": {"balance": True}, "repmet": {"reduce": "max"}}
@@ -60,7 +65,7 @@ def episode_lines(run: str, head: str, variant: dict) -> str:
     for w in cfg.ways:
         for s in cfg.shots:
             sup, qry = draw_episodes(test.labels, novel, w, s, cfg.queries, cfg.episodes, cfg.seed)
-            task = Task(w, np.zeros(0, np.int64), np.arange(w), None, test.classifier_scale, run, cfg.seed,
+            task = Task(w, np.zeros(0, np.int64), np.arange(w), None, test.classifier_scale, seed=cfg.seed,
                         base_mean=base_mean)
             a, b = (100 * episode_accuracies(head, p, feats[sup], feats[qry], task).numpy() for p in ({}, variant))
             lines.append(f"  {w}-way {s}-shot: {_cell(a, b, 2)}  ({len(a)} episodes)")

@@ -16,16 +16,25 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from lowshot.benchmark import BenchmarkConfig, benchmark
 from lowshot.config import resolve_config
-from lowshot.features import FeaturesConfig, features
-from lowshot.generate import GenerateConfig, generate
 from lowshot.io.atomic import atomic_path, write_json
-from lowshot.io.results import read_results
-from lowshot.report import write_csv, check_same_inputs, long_table, summary
-from lowshot.representations import (RepresentationsConfig, choose_weights, cosine_run, difference_table,
-                                     representation_tables, setup1_scores, sweep_runs, sweep_table, table_methods)
-from lowshot.train import TrainConfig, train
+from lowshot.io.results import check_same_inputs, long_table, read_results
+from lowshot.io.tables import summary, write_csv
+from lowshot.protocols.representations import (
+    RepresentationsConfig,
+    choose_weights,
+    cosine_run,
+    difference_table,
+    representation_tables,
+    setup1_scores,
+    sweep_runs,
+    sweep_table,
+    table_methods,
+)
+from lowshot.stages.benchmark import BenchmarkConfig, benchmark
+from lowshot.stages.features import FeaturesConfig, features
+from lowshot.stages.generate import GenerateConfig, generate
+from lowshot.stages.train import TrainConfig, train
 
 TIMES: Dict[str, float] = {}
 

@@ -1,8 +1,9 @@
-"""The `lowshot` command: one thin command per stage; the stage functions do the work.
+"""The `lowshot` command: one thin command per stage of `lowshot.stages.STAGES`; the stages do the work.
 
-Every command takes `--config FILE.json` and repeated `--set key=value` on top of its flags:
-dataclass defaults < config file < --set < flags, each value converted to its field's type.
-Component choices (`--heads`, `--backbone`, ...) are read from the registries.
+Every stage command takes `--config FILE.json` and repeated `--set key=value` on top of its flags:
+dataclass defaults < config file < --set < flags, each value converted to its field's type. Its help
+text, config class and function come from the stage table. Component choices (`--heads`,
+`--backbone`, ...) are read from the registries.
 """
 from __future__ import annotations
 
@@ -100,9 +101,29 @@ def common(f):
     return click.option("--config", type=click.Path(dir_okay=False), default=None, help="JSON config file.")(f)
 
 
-def _resolve(cls, config, sets, **flags):
+def run_stage(name: str, config, sets, adjust=None, **flags):
+    """Resolve stage `name`'s config (defaults < `config` file < `sets` < non-None `flags`), let `adjust(cfg)`
+    change it, run the stage; returns what the stage returns."""
     from lowshot.config import resolve_config
-    return resolve_config(cls, config, _overrides(sets), **flags)
+    from lowshot.stages import BY_NAME
+    stage = BY_NAME[name]
+    cfg = resolve_config(stage.config_class(), config, _overrides(sets), **flags)
+    if adjust:
+        adjust(cfg)
+    return stage.function()(cfg)
+
+
+def stage_command(name: str, **settings):
+    """Register the decorated function as `lowshot <name>`, with the stage table's help text."""
+    from lowshot.stages import BY_NAME
+    return main.command(name, help=BY_NAME[name].help, **settings)
+
+
+def with_root(root):
+    """An `adjust` that sets `dataset_args.root` (the `--root` flag) on top of the config's dataset_args."""
+    def adjust(cfg):
+        cfg.dataset_args = {**cfg.dataset_args, **({"root": root} if root else {})}
+    return adjust
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -111,20 +132,19 @@ def main():
     """Low-shot recognition benchmark: data → train → features → [generate] → benchmark → report."""
 
 
-@main.command()
+@stage_command("data")
 @click.option("--dataset", default="glyphs", type=RegistryChoice("lowshot.data", "DATASETS"))
 @click.option("--root", default=None, help="Folder of an on-disk data set (imagenet, folder, cub, cifar100).")
 @click.option("--dataset-args", default="{}", callback=_json_object, help="JSON keyword arguments of the data set loader.")
 @click.option("--seed", type=int, default=0)
 @click.option("--force", is_flag=True, help="Rewrite split and shot files that exist.")
 def data(dataset, root, dataset_args, seed, force):
-    """Make a data set available; write label_splits/<name>.json and experiment_cfgs/<name>/splitfile_{1..5}.json."""
-    from lowshot.data.prepare import prepare_data
-    for path in prepare_data(dataset, {**dataset_args, **({"root": root} if root else {})}, seed, force=force):
+    for path in run_stage("data", None, (), with_root(root), dataset=dataset, dataset_args=dataset_args, seed=seed,
+                          force=force):
         click.echo(f"wrote {path}")
 
 
-@main.command()
+@stage_command("train")
 @click.option("--run", default=None, help="Run folder (or name under runs/).")
 @click.option("--backbone", default=None, type=RegistryChoice("lowshot.backbones", "BACKBONES"))
 @click.option("--classifier", default=None, type=RegistryChoice("lowshot.backbones", "CLASSIFIERS"))
@@ -140,17 +160,14 @@ def data(dataset, root, dataset_args, seed, force):
 @common
 def train(run, backbone, classifier, aux_loss, aux_weight, objective, epochs, dataset, root, workers, amp, config, sets,
           seed, device):
-    """Train a representation on the base classes (resumes from <run>/checkpoints/last.pt); torchrun for several GPUs."""
     from lowshot.run import run_dir
-    from lowshot.train import TrainConfig, train as train_stage
-    cfg = _resolve(TrainConfig, config, sets, run=run and run_dir(run), backbone=backbone, classifier=classifier,
-                   aux_loss=aux_loss, aux_weight=aux_weight, objective=objective, epochs=epochs, dataset=dataset,
-                   workers=workers, amp=amp, seed=seed, device=device)
-    cfg.dataset_args = {**cfg.dataset_args, **({"root": root} if root else {})}
-    click.echo(f"checkpoint: {train_stage(cfg)}")
+    path = run_stage("train", config, sets, with_root(root), run=run and run_dir(run), backbone=backbone,
+                     classifier=classifier, aux_loss=aux_loss, aux_weight=aux_weight, objective=objective,
+                     epochs=epochs, dataset=dataset, workers=workers, amp=amp, seed=seed, device=device)
+    click.echo(f"checkpoint: {path}")
 
 
-@main.command()
+@stage_command("features")
 @click.option("--run", default=None, help="Run folder (or name under runs/).")
 @click.option("--checkpoint", default=None, help="[default: <run>/checkpoints/last.pt]")
 @click.option("--backbone", default=None, metavar="timm:NAME|torchvision:NAME", help="An external model instead of a checkpoint.")
@@ -164,56 +181,35 @@ def train(run, backbone, classifier, aux_loss, aux_weight, objective, epochs, da
 @common
 def features(run, checkpoint, backbone, weights, random_init, dataset, root, force, workers, amp, config, sets, seed,
              device):
-    """Cache penultimate features of every train and test image in <run>/features/{train,test}.hdf5 (torchrun: sharded)."""
     from lowshot.run import run_dir
-    from lowshot.features import FeaturesConfig, features as features_stage
-    cfg = _resolve(FeaturesConfig, config, sets, run=run and run_dir(run), checkpoint=checkpoint, backbone=backbone,
-                   weights=weights, random_init=random_init, dataset=dataset, force=force, workers=workers, amp=amp,
-                   seed=seed, device=device)
-    cfg.dataset_args = {**cfg.dataset_args, **({"root": root} if root else {})}
-    features_stage(cfg)
+    run_stage("features", config, sets, with_root(root), run=run and run_dir(run), checkpoint=checkpoint,
+              backbone=backbone, weights=weights, random_init=random_init, dataset=dataset, force=force,
+              workers=workers, amp=amp, seed=seed, device=device)
 
 
-# The stages that train a model on a run's cached base-class features: command -> (module, config class,
-# function, label, help).
-FEATURE_STAGES = {
-    "generate": ("lowshot.generate", "GenerateConfig", "generate", "generator",
-                 "Train the analogy-based feature generator on base-class features (<run>/generator/)."),
-    "train-matching": ("lowshot.train_matching", "MatchingTrainConfig", "train_matching", "matching network",
-                       "Train the matching network episodically on base-class features (<run>/heads/matching.pt)."),
-    "train-weight-generator": ("lowshot.train_weight_generator", "WeightGeneratorTrainConfig",
-                               "train_weight_generator", "weight generator",
-                               "Train Gidaris & Komodakis' few-shot weight generator on base-class features "
-                               "(<run>/heads/weight_generator.pt)."),
-    "train-pmn": ("lowshot.train_pmn", "PMNTrainConfig", "train_pmn", "prototype matching network",
-                  "Meta-learn prototype matching networks + hallucinator on base-class features "
-                  "(<run>/heads/pmn_hallucinator.pt)."),
-}
+# The stages that train a model on a run's cached base-class features (they take no flags of their own)
+FEATURE_STAGES = ("generate", "train-matching", "train-weight-generator", "train-pmn")
 
 
-def _features_stage_command(name: str, module: str, config_cls: str, stage: str, label: str, doc: str) -> None:
+def _features_stage_command(name: str) -> None:
     """Register `lowshot NAME`: resolve the stage's config, run it, print what it wrote."""
     def command(run, force, config, sets, seed, device):
-        import importlib
         from lowshot.run import run_dir
-        mod = importlib.import_module(module)
-        cfg = _resolve(getattr(mod, config_cls), config, sets, run=run and run_dir(run), force=force, seed=seed,
-                       device=device)
-        click.echo(f"{label}: {getattr(mod, stage)(cfg)}")
+        path = run_stage(name, config, sets, run=run and run_dir(run), force=force, seed=seed, device=device)
+        click.echo(f"{name}: {path}")
 
-    command.__doc__ = doc
     options = [click.option("--run", default=None, help="Run folder (or name under runs/)."),
                click.option("--force", is_flag=True, default=None), common]
     for option in reversed(options):
         command = option(command)
-    main.command(name)(command)
+    stage_command(name)(command)
 
 
-for _name, _spec in FEATURE_STAGES.items():
-    _features_stage_command(_name, *_spec)
+for _name in FEATURE_STAGES:
+    _features_stage_command(_name)
 
 
-@main.command()
+@stage_command("benchmark")
 @click.option("--run", default=None, help="Run folder (or name under runs/).")
 @click.option("--heads", default=None, type=RegistryChoice("lowshot.heads", "HEADS", many=True, keep_all=True),
               help="Comma-separated head names, or 'all' (every head these inputs allow) [default: logreg].")
@@ -229,27 +225,24 @@ for _name, _spec in FEATURE_STAGES.items():
 @common
 def benchmark(run, heads, ns, expid, setup, test_features, solver, generator, max_per_label, force, config, sets, seed,
               device):
-    """Run the low-shot grid: one result JSON per (head, n, experiment) under <run>/results/."""
-    from lowshot.benchmark import BenchmarkConfig, benchmark as benchmark_stage
     from lowshot.run import run_dir
-    cfg = _resolve(BenchmarkConfig, config, sets, run=run and run_dir(run), heads=heads, ns=ns, expids=expid,
-                   test_features=test_features,
-                   setup=setup and int(setup), generator=generator, max_per_label=max_per_label, force=force,
-                   seed=seed, device=device)
-    if solver:
-        cfg.head_params.setdefault("logreg", {})["solver"] = solver
-    click.echo(f"{len(benchmark_stage(cfg))} new result files")
+
+    def with_solver(cfg):
+        if solver:
+            cfg.head_params.setdefault("logreg", {})["solver"] = solver
+
+    written = run_stage("benchmark", config, sets, with_solver, run=run and run_dir(run), heads=heads, ns=ns,
+                        expids=expid, test_features=test_features, setup=setup and int(setup), generator=generator,
+                        max_per_label=max_per_label, force=force, seed=seed, device=device)
+    click.echo(f"{len(written)} new result files")
 
 
-@main.command()
+@stage_command("episodes")
 @click.option("--run", default=None, help="Run folder (or name under runs/).")
 @common
 def episodes(run, config, sets, seed, device):
-    """Episodic N-way K-shot evaluation on novel-class test features (mean ± 95 % interval)."""
     from lowshot.run import run_dir
-    from lowshot.episodes import EpisodesConfig, episodes as episodes_stage
-    cfg = _resolve(EpisodesConfig, config, sets, run=run and run_dir(run), seed=seed, device=device)
-    click.echo(episodes_stage(cfg))
+    click.echo(run_stage("episodes", config, sets, run=run and run_dir(run), seed=seed, device=device))
 
 
 @main.command("add-class")
@@ -263,8 +256,10 @@ def episodes(run, config, sets, seed, device):
 @common
 def add_class(checkpoint, name, images, fine_tune, features, out, force, config, sets, seed, device):
     """Imprint a new class (Qi et al.) into a trained cosine-classifier model; write a new checkpoint."""
-    from lowshot.addclass import AddClassConfig, add_class as add_class_stage
-    cfg = _resolve(AddClassConfig, config, sets, checkpoint=checkpoint, name=name, images=images, fine_tune=fine_tune,
+    from lowshot.config import resolve_config
+    from lowshot.protocols.addclass import AddClassConfig
+    from lowshot.protocols.addclass import add_class as add_class_stage
+    cfg = resolve_config(AddClassConfig, config, _overrides(sets), checkpoint=checkpoint, name=name, images=images, fine_tune=fine_tune,
                    features=features, out=out, force=force, seed=seed, device=device)
     for option, value in (("--checkpoint", cfg.checkpoint), ("--name", cfg.name), ("--images", cfg.images),
                           ("-o", cfg.out)):
@@ -281,7 +276,7 @@ def add_class(checkpoint, name, images, fine_tune, features, out, force, config,
 @click.option("--device", default="auto", show_default=True)
 def predict(images, checkpoint, top_k, as_csv, device):
     """Top-k classes with probabilities for each IMAGE (files or folders)."""
-    from lowshot.addclass import predict as predict_stage
+    from lowshot.protocols.addclass import predict as predict_stage
     rows = predict_stage(checkpoint, images, top_k, device)
     if as_csv:
         import csv
@@ -294,22 +289,21 @@ def predict(images, checkpoint, top_k, as_csv, device):
         click.echo(f"{r['image']}\t{r['rank']}\t{r['probability']:.4f}\t{r['class']}")
 
 
-@main.command()
+@stage_command("report")
 @click.argument("results", nargs=-1)
 @click.option("--out", "out_dir", default=None, help="Folder for CSVs and the plot [default: <results>/../report].")
 @click.option("--compare", nargs=2, default=None, metavar="A B", help="Paired differences of method A minus B.")
 @click.option("--no-plot", is_flag=True)
 def report(results, out_dir, compare, no_plot):
-    """Tables (markdown on stdout, CSV files) and a plot from result folders [default: runs/demo/results]."""
-    from lowshot.report import ReportConfig, report as report_stage
-    cfg = ReportConfig(list(results) or ["runs/demo/results"], out_dir, list(compare) if compare else None, not no_plot)
-    click.echo(report_stage(cfg))
+    """RESULTS: result folders [default: runs/demo/results]."""
+    click.echo(run_stage("report", None, (), results=list(results) or None, out_dir=out_dir,
+                         compare=list(compare) if compare else None, plot=not no_plot))
 
 
 main.add_command(report, "parse")
 
 
-@main.command()
+@stage_command("incremental")
 @click.option("--run", default=None, help="Run folder of a cosine-classifier network (or name under runs/).")
 @click.option("--checkpoint", default=None, help="[default: <run>/checkpoints/last.pt]")
 @click.option("--dataset", default=None, type=RegistryChoice("lowshot.data", "DATASETS"), help="[default: the checkpoint's]")
@@ -322,22 +316,22 @@ main.add_command(report, "parse")
 @click.option("--force", is_flag=True, default=None, help="Recompute cells that exist.")
 @common
 def incremental(run, checkpoint, dataset, root, setup, classes, draws, ns, methods, force, config, sets, seed, device):
-    """N base classes + 1 new class (the fair "40 + 1" protocol): one CSV row per (method, n, class, draw), tables."""
-    from lowshot.incremental import IncrementalConfig, incremental as incremental_stage
     from lowshot.run import run_dir
-    cfg = _resolve(IncrementalConfig, config, sets, run=run and run_dir(run), checkpoint=checkpoint, dataset=dataset,
-                   setup=setup and int(setup), classes=classes, draws=draws, ns=ns,
-                   methods=methods and [m.strip() for m in methods.split(",")], force=force, seed=seed, device=device)
-    cfg.dataset_args = {**cfg.dataset_args, **({"root": root} if root else {})}
-    click.echo(f"wrote {incremental_stage(cfg)}")
+    path = run_stage("incremental", config, sets, with_root(root), run=run and run_dir(run), checkpoint=checkpoint,
+                     dataset=dataset, setup=setup and int(setup), classes=classes, draws=draws, ns=ns,
+                     methods=methods and [m.strip() for m in methods.split(",")], force=force, seed=seed, device=device)
+    click.echo(f"wrote {path}")
 
 
 @main.command()
 @click.option("--run", required=True, help="Run folder (or name under runs/).")
-@click.option("--from-stage", default=None, help="train | features | generate | benchmark [default: train].")
-@click.option("--skip", default=None, help="Comma-separated stages left out: generate, train-matching, report.")
+@click.option("--from-stage", default=None, help="The first job; earlier stages' outputs must exist [default: train].")
+@click.option("--stages", default=None, help="Comma-separated jobs beyond those the heads need (e.g. episodes), or all.")
+@click.option("--skip", default=None, help="Comma-separated jobs left out (e.g. report).")
 @click.option("--heads", default=None, type=RegistryChoice("lowshot.heads", "HEADS", many=True, keep_all=True),
               help="Comma-separated head names, or 'all' (every head the inputs allow) [default: logreg].")
+@click.option("--generator", default=None, type=RegistryChoice("lowshot.generators", "GENERATORS"),
+              help="The benchmark's generator (its training stage joins the jobs).")
 @click.option("--expid", default=None, callback=_int_list, help="Experiment ids of the array [default: 1-5].")
 @click.option("--array-by", default=None, help="One array task per experiment | experiment-head [default: experiment].")
 @click.option("--torchrun", type=int, default=None, help="Run train under torchrun with N processes.")
@@ -352,17 +346,20 @@ def incremental(run, checkpoint, dataset, root, setup, classes, draws, ns, metho
 @click.option("--dry-run", is_flag=True, default=None, help="Print the scripts; write and submit nothing.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field.")
 @click.option("--config", type=click.Path(dir_okay=False), default=None, help="JSON config file.")
-def slurm(run, from_stage, skip, heads, expid, array_by, torchrun, stage_args, submit, dry_run, sets, config,
-          **resources):
+def slurm(run, from_stage, stages, skip, heads, generator, expid, array_by, torchrun, stage_args, submit, dry_run, sets,
+          config, **resources):
     """Write the pipeline as SLURM jobs chained by dependencies (into <run>/slurm/); --submit submits them.
 
-    train -> features -> generate, train-matching -> benchmark (job array) -> report. Every stage
-    skips finished work, so resubmitting after a failure or a scancel runs only what is missing.
+    train -> features -> the stages of the heads' trained models -> benchmark (job array) -> report.
+    Every stage skips finished work, so resubmitting after a failure or a scancel runs only what is missing.
     """
+    from lowshot.config import resolve_config
     from lowshot.run import run_dir
-    from lowshot.slurm import SlurmConfig, per_stage, slurm as slurm_stage
-    cfg = _resolve(SlurmConfig, config, sets, run=run_dir(run), from_stage=from_stage, skip=skip and skip.split(","),
-                   heads=heads, expids=expid, array_by=array_by, torchrun=torchrun,
-                   args=per_stage(stage_args, "args") or None, submit=submit, dry_run=dry_run,
-                   **{name: per_stage(values, name) or None for name, values in resources.items()})
+    from lowshot.slurm import SlurmConfig, per_stage
+    from lowshot.slurm import slurm as slurm_stage
+    cfg = resolve_config(SlurmConfig, config, _overrides(sets), run=run_dir(run), from_stage=from_stage,
+                         stages=stages and stages.split(","), skip=skip and skip.split(","), heads=heads,
+                         generator=generator, expids=expid, array_by=array_by, torchrun=torchrun,
+                         args=per_stage(stage_args, "args") or None, submit=submit, dry_run=dry_run,
+                         **{name: per_stage(values, name) or None for name, values in resources.items()})
     click.echo("\n".join(slurm_stage(cfg)))

@@ -5,7 +5,6 @@ Every value is converted to its field's declared type (`--set lr=1` is the float
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import typing
 from typing import Any, Dict, Mapping, Optional, Type, TypeVar
@@ -93,12 +92,6 @@ def _to_bool(value: Any) -> bool:
         return False
     raise ValueError(value)
 
-
-def pick_device(device: str = "auto") -> torch.device:
-    """`auto` -> the GPU when one is present, else the CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
 
 
 def versions() -> Dict[str, str]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lowshot.config import pick_device
+from lowshot.runtime import pick_device
 
 
 @dataclass(frozen=True)

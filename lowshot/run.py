@@ -4,24 +4,24 @@
       checkpoints/{<epoch>,last}.pt   train
       features/{train,test}.hdf5      features (an H&G folder's val.hdf5 is read as the test file)
       generator/generator.pt          generate (+ cache/)
-      heads/matching.pt               train-matching
-      heads/weight_generator.pt       train-weight-generator
-      heads/pmn_hallucinator.pt       train-pmn
+      heads/<model>.pt                train-matching, train-weight-generator, train-pmn
       results/*.json                  benchmark
       episodes/episodes.{csv,md}      episodes
+      incremental/setup<k>/           incremental
       report/                         report
     label_splits/<dataset>.json       which classes are base and novel (H&G label_idx.json)
     experiment_cfgs/<dataset>/        splitfile_{1..5}.json: the shots of each experiment
 
-Every stage reads its inputs through `load_inputs`, so the defaults, the checks that the files
-belong together and the error messages exist once.
+`ARTEFACTS` names each file or folder a stage reads or writes (`lowshot.stages.STAGES` says which
+stage makes which). Every stage reads its feature inputs through `load_inputs`, so the defaults,
+the checks that the files belong together and the error messages exist once.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,6 +31,21 @@ from lowshot.io.splits import LabelSplits, load_label_splits
 
 NO_DATASET = ("records no data set: pass --set splits=<label split file> "
               "and, to benchmark, --set shots_dir=<folder of splitfile_k.json>")
+
+# artefact -> its place in a run folder
+ARTEFACTS: Dict[str, str] = {
+    "checkpoint": "checkpoints/last.pt",
+    "train_features": "features/train.hdf5",
+    "test_features": "features/test.hdf5",
+    "generator": "generator/generator.pt",
+    "matching": "heads/matching.pt",
+    "weight_generator": "heads/weight_generator.pt",
+    "pmn": "heads/pmn_hallucinator.pt",
+    "results": "results",
+    "episodes": "episodes",
+    "incremental": "incremental",
+    "report": "report",
+}
 
 
 @dataclass(frozen=True)
@@ -43,45 +58,17 @@ class RunFolder:
     def name(self) -> str:
         return self.root.name
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+    def path(self, artefact: str) -> Path:
+        """Where `artefact` (a key of `ARTEFACTS`) lies in this run folder."""
+        return self.root / ARTEFACTS[artefact]
 
     @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoints / "last.pt"
+    def checkpoints(self) -> Path:
+        return self.path("checkpoint").parent
 
     @property
     def features(self) -> Path:
-        return self.root / "features"
-
-    @property
-    def generator(self) -> Path:
-        return self.root / "generator"
-
-    @property
-    def matching_model(self) -> Path:
-        return self.root / "heads" / "matching.pt"
-
-    @property
-    def weight_generator_model(self) -> Path:
-        return self.root / "heads" / "weight_generator.pt"
-
-    @property
-    def pmn_model(self) -> Path:
-        return self.root / "heads" / "pmn_hallucinator.pt"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results"
-
-    @property
-    def episodes(self) -> Path:
-        return self.root / "episodes"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
+        return self.path("train_features").parent
 
 
 def run_dir(name_or_path: str) -> str:
@@ -177,3 +164,22 @@ def rows_of(fs: FeatureSet, classes: Sequence[int]) -> Tuple[np.ndarray, np.ndar
     """
     keep = np.isin(fs.labels, np.asarray(classes))
     return np.ascontiguousarray(fs.feats[keep]), fs.labels[keep]
+
+
+def read_artefact(run: str, artefact: str, explicit: Optional[str] = None) -> Tuple[dict, str, Path]:
+    """A trained model's file as its stage saved it (read with `weights_only=True`), its digest and path:
+    `explicit`, else the run folder's; a missing file is one line naming the stage that makes it."""
+    from lowshot.io.checkpoints import load_checkpoint
+    from lowshot.io.fingerprint import file_digest
+    from lowshot.stages import maker
+
+    path = Path(explicit) if explicit else RunFolder(Path(run)).path(artefact)
+    saved = load_checkpoint(path, f"not found: run `lowshot {maker(artefact)} --run {run}` first", f"the {artefact} model")
+    return saved, file_digest(path), path
+
+
+def trained_model(run: str, head_class, dim: int, device, explicit: Optional[str] = None) -> Tuple[Any, str]:
+    """The trained model a head class needs (`head_class.artefact`), built by its `build_model` for `dim`-dimensional
+    features, on `device` in eval mode, and its file's digest."""
+    saved, key, _ = read_artefact(run, head_class.artefact, explicit)
+    return head_class.build_model(saved, dim).to(device).eval(), key

@@ -1,12 +1,15 @@
-"""The whole pipeline as SLURM jobs: one sbatch script per stage, chained with dependencies.
+"""The whole pipeline as SLURM jobs: one sbatch script per stage of `lowshot.stages.STAGES`, chained.
 
-    train ──► features ──► generate, train-matching ──► benchmark (job array) ──► report
+    train ──► features ──► generate, train-matching, ... ──► benchmark (job array) ──► report
 
-Each job runs `<this python> -m lowshot <stage> --run <run> ...`, so it uses the same virtual
-environment; `train` may run under torchrun. The benchmark is a job array with one task per
-experiment id (or per experiment × head). Jobs wait for their inputs with `afterok` (and are
-cancelled when an input job fails); `report` waits with `afterany`, so it also runs after an array
-task was cancelled or failed and lists the missing cells. Every stage skips finished work, so
+The jobs are the stages the chosen heads and generator need (train, features, the model-training
+stages their trained models come from, benchmark, report), plus any named with `--stages` (e.g.
+`episodes`, `incremental`, or `all`). Each job runs `<this python> -m lowshot <stage> --run <run> ...`,
+so it uses the same virtual environment; `train` may run under torchrun. The benchmark is a job
+array with one task per experiment id (or per experiment × head). A job waits with `afterok` for
+exactly the jobs that write what it reads (the table's `reads`, plus its heads' trained models),
+and is cancelled when one fails; `report` waits with `afterany`, so it also runs after an array task
+was cancelled or failed and lists the missing cells. Every stage skips finished work, so
 resubmitting the same pipeline after a failure or a `scancel` computes only what is missing.
 
 Scripts and their logs go to `<run>/slurm/` (scripts written atomically).
@@ -24,17 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from lowshot.benchmark import EXPERIMENTS
 from lowshot.errors import InputError
 from lowshot.io.atomic import atomic_path
 from lowshot.run import RunFolder, test_features_path
+from lowshot.stages import BY_NAME, STAGES, Stage, makers
 
-STAGES = ("train", "features", "generate", "train-matching", "benchmark", "report")
-START_STAGES = ("train", "features", "generate", "benchmark")
-SKIPPABLE = ("generate", "train-matching", "report")
+JOBS = tuple(s.name for s in STAGES if s.job)
+ALWAYS = ("train", "features", "benchmark", "report")
 ARRAY_BY = ("experiment", "experiment-head")
-AFTER = {"train": (), "features": ("train",), "generate": ("features",), "train-matching": ("features",),
-         "benchmark": ("features", "generate", "train-matching"), "report": ("benchmark",)}
+EXPERIMENTS = (1, 2, 3, 4, 5)
 
 TIME_LIMIT = re.compile(r"^(\d+(:[0-5]?\d){0,2}|\d+-([01]?\d|2[0-3])(:[0-5]?\d){0,2}|unlimited|infinite)$", re.I)
 RESOURCES: Dict[str, Tuple[str, str, re.Pattern]] = {  # name -> (sbatch flag, what a valid value is, its pattern)
@@ -52,9 +53,11 @@ class SlurmConfig:
     """The pipeline's jobs. Each resource maps a stage (or `all`) to a value, e.g. `time: {"train": "2-00:00:00"}`."""
 
     run: str = "runs/demo"
-    from_stage: str = "train"  # one of START_STAGES: the run folder must hold what the earlier stages make
-    skip: List[str] = field(default_factory=list)  # among SKIPPABLE
+    from_stage: str = "train"  # the run folder must hold what the earlier stages make
+    stages: List[str] = field(default_factory=list)  # jobs beyond those the heads need, e.g. episodes; "all"
+    skip: List[str] = field(default_factory=list)
     heads: List[str] = field(default_factory=lambda: ["logreg"])
+    generator: Optional[str] = None  # the benchmark's generator (its trained model's stage joins the jobs)
     expids: List[int] = field(default_factory=lambda: list(EXPERIMENTS))
     array_by: str = "experiment"  # one array task per experiment id, or per experiment × head
     torchrun: int = 0  # > 0: run `train` under torchrun with this many processes on the job's node
@@ -100,19 +103,19 @@ def per_stage(values: Sequence[str], option: str) -> Dict[str, str]:
 
 def check_config(cfg: SlurmConfig) -> None:
     """One clear error for anything SLURM or a stage would reject, before anything is written."""
-    _check_choice(cfg.from_stage, START_STAGES, "--from-stage")
-    for stage in cfg.skip:
-        _check_choice(stage, SKIPPABLE, "--skip")
+    _check_choice(cfg.from_stage, JOBS, "--from-stage")
+    for stage in cfg.skip + [s for s in cfg.stages if s != "all"]:
+        _check_choice(stage, JOBS, "--stages/--skip")
     _check_choice(cfg.array_by, ARRAY_BY, "--array-by")
     if cfg.torchrun < 0:
         raise InputError(None, f"--torchrun {cfg.torchrun}: a number of processes must be >= 0")
     if not cfg.heads or not cfg.expids:
         raise InputError(None, "the benchmark array needs at least one head and one experiment id")
     for stage in cfg.args:
-        _check_choice(stage, STAGES, "--args stage")
+        _check_choice(stage, JOBS, "--args stage")
     for name, (_, what, pattern) in RESOURCES.items():
         for stage, value in getattr(cfg, name).items():
-            _check_choice(stage, STAGES + ("all",), f"--{name} stage")
+            _check_choice(stage, JOBS + ("all",), f"--{name} stage")
             if not pattern.match(str(value)):
                 raise InputError(None, f"--{name} {stage}={value!r}: SLURM would reject it; expected {what}")
 
@@ -122,27 +125,36 @@ def _check_choice(value: str, choices: Sequence[str], option: str) -> None:
         raise InputError(None, f"{option} {value!r} is not one of {', '.join(choices)}")
 
 
+def model_reads(cfg: SlurmConfig) -> Tuple[str, ...]:
+    """The trained-model artefacts the chosen heads and generator read (`all`: none is required)."""
+    from lowshot.generators import GENERATORS
+    from lowshot.heads import HEADS
+    heads = [] if cfg.heads == ["all"] else [HEADS.get(h) for h in cfg.heads]
+    plugin = [GENERATORS.get(cfg.generator)] if cfg.generator else []
+    return tuple(a for a in [h.artefact for h in heads] + [g.artefact for g in plugin] if a)
+
+
+def reads(cfg: SlurmConfig, stage: Stage) -> Tuple[str, ...]:
+    """What a stage's job reads: the table's `reads`, plus the heads' trained models for a `model_reads` stage."""
+    return stage.reads + (model_reads(cfg) if stage.model_reads else ())
+
+
 def planned_stages(cfg: SlurmConfig) -> List[str]:
-    """The stages submitted: from `from_stage` on (generate and train-matching count as one step), minus `skip`."""
-    first = STAGES.index(cfg.from_stage)
-    return [s for s in STAGES[first:] if s not in cfg.skip]
-
-
-def _needs(cfg: SlurmConfig, run: RunFolder) -> Dict[str, List[Tuple[str, Path]]]:
-    """stage -> [(the stage that makes it, input path)], in the run folder's default layout."""
-    train_feats = ("features", run.features / "train.hdf5")
-    matching = [("train-matching", run.matching_model)] if "matching" in cfg.heads else []  # `all` skips it if absent
-    return {"features": [("train", run.last_checkpoint)], "generate": [train_feats], "train-matching": [train_feats],
-            "benchmark": [train_feats, ("features", test_features_path(run.features))] + matching}
+    """The jobs, in pipeline order: those the heads need and those `--stages` names, from `from_stage` on, minus `skip`."""
+    wanted = set(JOBS) if "all" in cfg.stages else set(ALWAYS) | set(cfg.stages) | set(makers(model_reads(cfg)))
+    first = JOBS.index(cfg.from_stage)
+    return [s for s in JOBS[first:] if s in wanted and s not in cfg.skip]
 
 
 def check_inputs(cfg: SlurmConfig, stages: Sequence[str]) -> None:
     """Every input of a planned stage exists, or a planned stage makes it."""
-    needs = _needs(cfg, RunFolder(Path(cfg.workdir or ".") / cfg.run))
-    for stage in stages:
-        for maker, path in needs.get(stage, []):
+    run = RunFolder(Path(cfg.workdir or ".") / cfg.run)
+    for name in stages:
+        for artefact in reads(cfg, BY_NAME[name]):
+            path = test_features_path(run.features) if artefact == "test_features" else run.path(artefact)
+            maker = makers((artefact,))[0]
             if maker not in stages and not path.exists():
-                raise InputError(path, f"does not exist, and `{stage}` needs it: start at an earlier stage "
+                raise InputError(path, f"does not exist, and `{name}` needs it: start at an earlier stage "
                                        f"(`{maker}` makes it) or run `lowshot {maker}` first")
 
 
@@ -153,9 +165,9 @@ def command(cfg: SlurmConfig, stage: str) -> str:
         line = f"{py} -m torch.distributed.run --standalone --nproc-per-node {cfg.torchrun} -m lowshot -- train --run {run}"
     elif stage == "benchmark":
         line = (f'{py} -m lowshot benchmark --run {run} --heads "${{HEADS[$SLURM_ARRAY_TASK_ID]}}" '
-                f'--expid "${{EXPIDS[$SLURM_ARRAY_TASK_ID]}}"')
+                f'--expid "${{EXPIDS[$SLURM_ARRAY_TASK_ID]}}"' + (f" --generator {cfg.generator}" if cfg.generator else ""))
     elif stage == "report":
-        line = f"{py} -m lowshot report {shlex.quote(str(RunFolder(Path(cfg.run)).results))}"
+        line = f"{py} -m lowshot report {shlex.quote(str(RunFolder(Path(cfg.run)).path('results')))}"
     else:
         line = f"{py} -m lowshot {stage} --run {run}"
     return f"{line} {cfg.args.get(stage, '')}".rstrip()
@@ -191,7 +203,8 @@ def build_jobs(cfg: SlurmConfig) -> List[Job]:
     stages = planned_stages(cfg)
     folder = Path(cfg.workdir or ".") / cfg.run / "slurm"
     log_dir = Path(os.path.abspath(folder / "logs"))
-    return [Job(s, folder / f"{s}.sbatch", script(cfg, s, log_dir), tuple(a for a in AFTER[s] if a in stages),
+    return [Job(s, folder / f"{s}.sbatch", script(cfg, s, log_dir),
+                tuple(a for a in makers(reads(cfg, BY_NAME[s])) if a in stages),
                 "afterany" if s == "report" else "afterok") for s in stages]
 
 

@@ -22,8 +22,8 @@ def tiny_project(tmp_path, monkeypatch, glyph_cache):
     """A working folder holding tiny glyph splits and shot files, and a tiny training config."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LOWSHOT_CACHE", glyph_cache)
-    from lowshot.data.prepare import prepare_data
-    prepare_data("glyphs", TINY_GLYPHS, seed=0)
+    from lowshot.stages.data import DataConfig, prepare_data
+    prepare_data(DataConfig("glyphs", TINY_GLYPHS))
     cfg = {"dataset": "glyphs", "dataset_args": TINY_GLYPHS, "backbone": "resnet10", "width": 0.125, "stem": "small",
            "classifier": "cosine", "epochs": 2, "batch_size": 32, "lr": 0.05, "schedule": "cosine"}
     (tmp_path / "train.json").write_text(json.dumps(cfg))
@@ -65,13 +65,13 @@ def glyph_model(tmp_path_factory, glyph_cache):
     """A cosine-classifier ResNet-10 (width 1/8) trained 30 epochs on 12 glyph base classes, and its features
     (used by the add-class and incremental tests)."""
     from lowshot.data import DATASETS
-    from lowshot.data.prepare import prepare_data
-    from lowshot.features import FeaturesConfig, features
     from lowshot.io.splits import load_label_splits
-    from lowshot.train import TrainConfig, train
+    from lowshot.stages.data import DataConfig, prepare_data
+    from lowshot.stages.features import FeaturesConfig, features
+    from lowshot.stages.train import TrainConfig, train
 
     root, args = tmp_path_factory.mktemp("addclass"), {**ADDCLASS_GLYPHS, "cache_dir": glyph_cache}
-    prepare_data("glyphs", args, seed=0, splits_dir=str(root / "splits"), shots_root=str(root / "shots"))
+    prepare_data(DataConfig("glyphs", args, splits_dir=str(root / "splits"), shots_root=str(root / "shots")))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

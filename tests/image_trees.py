@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic import one_thread  # noqa: F401 (re-exported autouse fixture)
 
 from lowshot.io.splits import LabelSplits, write_label_splits
-from synthetic import one_thread  # noqa: F401 (re-exported autouse fixture)
 
 GLYPHS = {"num_classes": 6, "images_per_class": 26, "test_per_class": 4}  # 22 train + 4 test per class
 WNIDS = ["n0300", "n0100", "n0500", "n0200", "n0600", "n0400"]  # label order is not sorted, as in H&G

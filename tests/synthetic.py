@@ -1,7 +1,7 @@
 """Tiny synthetic low-shot cells for head tests: Gaussian classes and a matching cosine classifier."""
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 
 import numpy as np
 import pytest
@@ -51,66 +51,75 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def head_params(tmp_path_factory):
-    """`params(name, dim)`: small-budget keyword arguments for a head; `matching` gets an untrained
-    (seeded) network file of the right dimension, enough for its contract and separable-data checks;
-    `weight_generator` an untrained generator file (φ_att = 0) over random rows of base classes 0..63;
-    `pmn_hallucinator` an untrained (seeded) PMN file, K = 1, whose hallucinator copies its seeds."""
-    from lowshot.heads.matching import MatchingNet
-    from lowshot.io.atomic import save_torch
-
-    folder, files = tmp_path_factory.mktemp("matching"), {}
-
-    def params(name: str, dim: int) -> dict:
-        if name == "matching":
-            if dim not in files:
-                with torch.random.fork_rng():
-                    torch.manual_seed(0)
-                    net = MatchingNet(dim, 1)
-                files[dim] = str(folder / f"matching_{dim}.pt")
-                save_torch(files[dim], {"state_dict": net.state_dict(), "dim": dim, "K": 1})
-            return {"model": files[dim], "support_per_class": 20}
-        if name == "pmn_hallucinator":
-            return {"model": pmn_file(folder / f"pmn_{dim}.pt", dim), "support_per_class": 20}
-        if name == "weight_generator":
-            path = folder / f"weight_generator_{dim}.pt"
-            if not path.exists():
-                weight_generator_file(path, torch.randn(64, dim, generator=torch.Generator().manual_seed(dim)))
-            return {"model": str(path)}
-        return dict(FAST.get(name, {}))
-
-    return params
+def head_params(name: str, dim: int) -> dict:
+    """Small-budget keyword arguments for a head."""
+    return {"support_per_class": 20} if name in ("matching", "pmn_hallucinator") else dict(FAST.get(name, {}))
 
 
-def pmn_file(path, dim: int, K: int = 1, n_aug: int = 2, hidden: int = 0) -> str:
-    """A `lowshot train-pmn` file holding an untrained (seeded) network; hidden 0 means 2 · dim, where the
-    identity-initialised hallucinator returns its (non-negative) seeds."""
-    from lowshot.heads.pmn_hallucinator import PrototypeMatchingNet
-    from lowshot.io.atomic import save_torch
-
-    if not Path(path).exists():
+def trained(name: str, dim: int):
+    """The trained model a head needs (its `task.model`), or None: `matching` an untrained (seeded) network,
+    enough for its contract and separable-data checks; `weight_generator` untrained generators (φ_att = 0) over
+    random rows of base classes 0..63; `pmn_hallucinator` an untrained (seeded) PMN, K = 1, whose hallucinator
+    copies its seeds."""
+    from lowshot.heads.matching.model import MatchingNet
+    if name == "matching":
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            net = PrototypeMatchingNet(dim, K, hidden or 2 * dim, n_aug)
-        save_torch(path, {"state_dict": net.state_dict(), "dim": dim, "K": K, "hidden": hidden or 2 * dim})
+            return MatchingNet(dim, 1).eval()
+    if name == "pmn_hallucinator":
+        return pmn_net(dim)
+    if name == "weight_generator":
+        return weight_generators(torch.randn(64, dim, generator=torch.Generator().manual_seed(dim)))
+    return None
+
+
+def with_model(name: str, task: Task, dim: int) -> Task:
+    """`task` carrying the trained model of head `name` (if it needs one)."""
+    return dataclasses.replace(task, model=trained(name, dim))
+
+
+def pmn_saved(dim: int, K: int = 1, n_aug: int = 2, hidden: int = 0) -> dict:
+    """What `lowshot train-pmn` saves, for an untrained (seeded) network; hidden 0 means 2 · dim, where the
+    identity-initialised hallucinator returns its (non-negative) seeds."""
+    from lowshot.heads.pmn_hallucinator.model import PrototypeMatchingNet
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = PrototypeMatchingNet(dim, K, hidden or 2 * dim, n_aug)
+    return {"state_dict": net.state_dict(), "dim": dim, "K": K, "hidden": hidden or 2 * dim}
+
+
+def pmn_net(dim: int, **kwargs):
+    """The untrained network of `pmn_saved`, as the benchmark builds it."""
+    from lowshot.heads.pmn_hallucinator.model import from_saved
+    return from_saved(pmn_saved(dim, **kwargs), dim).eval()
+
+
+def pmn_file(path, dim: int, **kwargs) -> str:
+    """`pmn_saved` written as a `lowshot train-pmn` file."""
+    from lowshot.io.atomic import save_torch
+    save_torch(path, pmn_saved(dim, **kwargs))
     return str(path)
 
 
-def weight_generator_file(path, weight_base: torch.Tensor, scale: float = 10.0, phi_att: float = 0.0,
-                          shots=(1,)) -> str:
-    """A `lowshot train-weight-generator` file holding untrained generators for base classes 0..B−1
+def weight_generators_saved(weight_base: torch.Tensor, scale: float = 10.0, phi_att: float = 0.0,
+                            shots=(1,)) -> dict:
+    """What `lowshot train-weight-generator` saves, for untrained generators over base classes 0..B−1
     (weight_base (B, d)); φ_att = 0 makes the generated rows the mean normalised shot (imprinting)."""
-    from lowshot.heads.weight_generator import FewShotWeightGenerator
-    from lowshot.io.atomic import save_torch
+    from lowshot.heads.weight_generator.model import FewShotWeightGenerator
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
         net = FewShotWeightGenerator(torch.arange(len(weight_base)), weight_base, scale)
     with torch.no_grad():
         net.phi_att.fill_(phi_att)
-    save_torch(path, {"generators": {str(n): net.state_dict() for n in shots}, "dim": weight_base.shape[1]})
-    return str(path)
+    return {"generators": {str(n): net.state_dict() for n in shots}, "dim": weight_base.shape[1]}
+
+
+def weight_generators(weight_base: torch.Tensor, **kwargs):
+    """The generators of `weight_generators_saved`, as the benchmark builds them."""
+    from lowshot.heads.weight_generator.model import from_saved
+    return from_saved(weight_generators_saved(weight_base, **kwargs), weight_base.shape[1]).eval()
 
 
 FAST = {"logreg": {"tol": 1e-3}, "tim": {"iterations": 20, "lr": 1e-2}, "pt_map": {"iterations": 5}}

@@ -6,10 +6,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lowshot.addclass import AddClassConfig, add_class, embed, load_classifier, predict
-from lowshot.checkpoints import load_checkpoint
-from lowshot.heads._common import l2_normalise
+from lowshot.heads.maths import l2_normalise
+from lowshot.io.checkpoints import load_checkpoint
+from lowshot.protocols.addclass import (
+    AddClassConfig,
+    add_class,
+    embed,
+    load_classifier,
+    predict,
+)
 from tests.synthetic_cli import error_line, invoke
+
 
 def _write(folder, images, mode="L"):
     """uint8 images (N, 1, H, W) as PNG files in `folder` (converted to `mode`); returns the paths."""
@@ -110,7 +117,7 @@ def test_bad_inputs_are_one_line_each(glyph_model, tmp_path):
 
 def _linear_checkpoint(m, tmp_path):
     """An untrained (epochs = 0) linear-classifier checkpoint of the same data."""
-    from lowshot.train import TrainConfig, train
+    from lowshot.stages.train import TrainConfig, train
     args = load_checkpoint(m["checkpoint"])["config"]["dataset_args"]
     return train(TrainConfig(run=str(tmp_path / "linear"), dataset="glyphs", dataset_args=args,
                              splits=str(m["root"] / "splits/glyphs.json"), width=0.125, stem="small",

@@ -1,12 +1,11 @@
 """The pipeline end to end through the CLI on tiny data, and one-line errors for bad input."""
 import json
-import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
-from synthetic_cli import error_line as _error_line, invoke
+from synthetic_cli import error_line as _error_line
+from synthetic_cli import invoke
 
 from lowshot.cli import main
 

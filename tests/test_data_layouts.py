@@ -9,13 +9,12 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from image_trees import WNIDS, corrupt, glyphs6, one_thread, tiny_train_config, trees  # noqa: F401
 
 from lowshot.cli import main
 from lowshot.data import DATASETS
 from lowshot.data.cifar100 import PlainUnpickler
 from lowshot.io.splits import make_label_splits
-
-from image_trees import WNIDS, corrupt, glyphs6, one_thread, tiny_train_config, trees  # noqa: F401
 
 
 @pytest.fixture

@@ -16,12 +16,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
-from lowshot.checkpoints import load_checkpoint
-from lowshot.data.prepare import prepare_data
-from lowshot.features import FeaturesConfig, features
-
 from image_trees import glyphs6, one_thread, tiny_train_config, trees  # noqa: F401
+
+from lowshot.io.checkpoints import load_checkpoint
+from lowshot.stages.data import DataConfig, prepare_data
+from lowshot.stages.features import FeaturesConfig, features
 
 TIMEOUT_S = 300
 
@@ -49,7 +48,7 @@ def project(tmp_path_factory, trees):
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        prepare_data("folder", {"root": str(root)})
+        prepare_data(DataConfig("folder", {"root": str(root)}))
     finally:
         os.chdir(cwd)
     tiny_train_config(work / "t.json")

@@ -8,13 +8,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from lowshot.episodes import EpisodesConfig, dirichlet_counts, draw_queries, episodes
-from lowshot.errors import InputError
-from lowshot.heads import HEADS, Task
-from lowshot.heads._common import power_transform, preprocess, sinkhorn
 from synthetic import one_thread  # noqa: F401 (autouse fixture)
 from test_episodes import NOVEL, run  # noqa: F401 (fixture)
+
+from lowshot.errors import InputError
+from lowshot.heads import HEADS, Task
+from lowshot.heads.maths import power_transform, preprocess, sinkhorn
+from lowshot.protocols.episodes import (
+    EpisodesConfig,
+    dirichlet_counts,
+    draw_queries,
+    episodes,
+)
 
 TRANSDUCTIVE = ["bd_cspn", "laplacian_shot", "pt_map", "tim", "transductive_ft"]
 

@@ -6,12 +6,18 @@ import csv
 import numpy as np
 import pytest
 import torch
+from synthetic import FAST, one_thread  # noqa: F401 (autouse fixture)
 
-from lowshot.episodes import EpisodesConfig, _load, draw_episodes, episode_accuracies, episodes
 from lowshot.heads import HEADS, Task
 from lowshot.io.features import FeatureSet, write_features
 from lowshot.io.splits import LabelSplits, write_label_splits
-from synthetic import FAST, one_thread  # noqa: F401 (autouse fixture)
+from lowshot.protocols.episodes import (
+    EpisodesConfig,
+    _load,
+    draw_episodes,
+    episode_accuracies,
+    episodes,
+)
 
 NOVEL = np.arange(10, 30)  # setup 2's novel classes
 

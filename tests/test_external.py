@@ -1,16 +1,16 @@
 """Any representation: timm and torchvision models from a local weights file through
 features → benchmark → report on the glyph set, with one-line errors for bad input."""
-import hashlib
 import json
 import sys
 
 import h5py
 import pytest
 import torch
+from conftest import TINY_GLYPHS
 from synthetic_cli import error_line, invoke
 
-from conftest import TINY_GLYPHS
 from lowshot.backbones.external import build_external
+from lowshot.io.fingerprint import file_digest
 
 timm = pytest.importorskip("timm", reason="timm is an optional extra: pip install 'lowshot[timm]'")
 SMALL = ("--set", f"dataset_args={json.dumps(TINY_GLYPHS)}", "--set", 'preprocess={"image_size": 32}')
@@ -44,7 +44,7 @@ def test_features_benchmark_report_through_the_cli(weights, spec, file, heads):
     assert out.exit_code == 0, out.output
     with h5py.File(f"{run}/features/train.hdf5") as f:
         assert f.attrs["model"] == spec and "classifier_weight" not in f
-        assert f.attrs["weights_sha256"] == hashlib.sha256(open(file, "rb").read()).hexdigest()
+        assert f.attrs["weights_digest"] == file_digest(file)
         assert json.loads(f.attrs["preprocessing"])["image_size"] == 32
     again = invoke("features", "--run", run, "--backbone", spec, "--weights", file, *SMALL)
     assert "up to date" in again.output

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from lowshot.errors import InputError
-from lowshot.io.features import FeatureSet, content_digest, feature_writer, read_features, write_features
+from lowshot.io.features import (
+    FeatureSet,
+    content_digest,
+    feature_writer,
+    read_features,
+    write_features,
+)
 from lowshot.run import rows_of
 
 

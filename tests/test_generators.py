@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-import lowshot.generate as stage
+import lowshot.stages.generate as stage
 from lowshot.errors import InputError
 from lowshot.generators import GENERATORS
 from lowshot.generators.analogies import AnalogyGenerator
-from lowshot.generators.kmeans import kmeans_per_class
-from lowshot.generators.mining import mine_analogies, mine_analogies_loop
+from lowshot.generators.analogies.kmeans import kmeans_per_class
+from lowshot.generators.analogies.mining import mine_analogies, mine_analogies_loop
 from lowshot.io.features import FeatureSet, read_features, write_features
 from lowshot.io.splits import LabelSplits, write_label_splits
 
@@ -200,7 +200,7 @@ def check_generation(plugin, state, counts, max_per_label):
 def test_analogies_plugin_adds_exactly_the_missing_rows(trained):
     root, path = trained
     plugin = GENERATORS.get("analogies")
-    state = plugin.init(str(path), torch.device("cpu"), read_features(root / "features" / "train.hdf5"))
+    state = plugin.init(torch.load(path, weights_only=True), DIM, None)
     new = check_generation(plugin, state, counts=[1, 2, 5, 3], max_per_label=3)
     assert (new >= 0).all()  # final ReLU
 
@@ -209,8 +209,7 @@ def test_analogies_plugin_rejects_another_feature_dimension(trained, tmp_path):
     _, path = trained
     write_project(tmp_path, dim=8)
     with pytest.raises(InputError, match="generator was trained on d=16 features, these have d=8") as err:
-        GENERATORS.get("analogies").init(str(path), torch.device("cpu"),
-                                         read_features(tmp_path / "features" / "train.hdf5"))
+        GENERATORS.get("analogies").init(torch.load(path, weights_only=True), 8, None)
     assert "\n" not in str(err.value)
 
 
@@ -218,9 +217,9 @@ def test_jitter_plugin_adds_exactly_the_missing_rows(trained):
     root, _ = trained
     plugin = GENERATORS.get("jitter")
     train = read_features(root / "features" / "train.hdf5")
-    state = plugin.init(str(root / "splits.json"), torch.device("cpu"), train)
     base = np.isin(train.labels, [0, 1, 2, 3, 4, 5])
     x, y = train.feats[base], train.labels[base]
+    state = plugin.init(None, DIM, lambda: (x, y))
     means = np.stack([x[y == c].mean(0) for c in range(6)])
     assert state["sigma"] ** 2 == pytest.approx(((x - means[y]) ** 2).sum() / (DIM * (len(y) - 6)), rel=1e-5)
     check_generation(plugin, state, counts=[1, 4, 2], max_per_label=4)

@@ -9,8 +9,20 @@ import pytest
 import torch
 from torch import nn
 
-from lowshot.incremental import FULL_FT, IncrementalConfig, incremental, incremental_metrics
-from lowshot.incremental_ft import FullFTRecipe, SplitCosine, bmlmz_class_weight, fine_tune, ft_step, training_rows
+from lowshot.protocols.incremental import (
+    FULL_FT,
+    IncrementalConfig,
+    incremental,
+    incremental_metrics,
+)
+from lowshot.protocols.incremental.finetune import (
+    FullFTRecipe,
+    SplitCosine,
+    bmlmz_class_weight,
+    fine_tune,
+    ft_step,
+    training_rows,
+)
 from lowshot.stats import clustered_mean_ci
 from tests.synthetic_cli import error_line, invoke
 
@@ -73,7 +85,7 @@ def test_fine_tune_freezes_every_other_step_and_replicates_the_shots(monkeypatch
         real(trunk, head, opt, x, y, weight, frozen)
         moved.append((frozen, not torch.equal(before, head.base)))
 
-    monkeypatch.setattr("lowshot.incremental_ft.ft_step", spy)
+    monkeypatch.setattr("lowshot.protocols.incremental.finetune.ft_step", spy)
     steps = fine_tune(trunk, head, pixels, labels, 1, lambda p: p, FullFTRecipe(batch_size=4), torch.Generator())
     assert steps == 8 and [f for f, _ in moved] == [False, True] * 4  # 2 epochs of 16 rows, batch 4
     assert all(m != f for f, m in moved)  # base rows move exactly on the unfrozen steps

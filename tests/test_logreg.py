@@ -4,9 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lowshot.heads import HEADS, Task
-from lowshot.heads import logreg
-from lowshot.heads.logreg import minimise_softmax, mixing_weights, sample_rounds, sampled_base_rows
+from lowshot.heads import HEADS, Task, logreg
+from lowshot.heads.logreg import (
+    minimise_softmax,
+    mixing_weights,
+    sample_rounds,
+    sampled_base_rows,
+)
 from tests.conftest import gaussian_features
 
 

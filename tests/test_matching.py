@@ -6,13 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from lowshot.benchmark import BenchmarkConfig, benchmark
 from lowshot.errors import InputError
 from lowshot.heads import HEADS, Task
-from lowshot.heads.matching import MatchingNet
-from lowshot.train_matching import MatchingTrainConfig, train_matching
+from lowshot.heads.matching.model import MatchingNet
+from lowshot.heads.matching.train import MatchingTrainConfig
+from lowshot.run import trained_model
+from lowshot.stages import run
+from lowshot.stages.benchmark import BenchmarkConfig, benchmark
 
 TINY = dict(episodes=300, classes_per_episode=6, max_shots=5, lr=0.1)
+
+
+def train_matching(cfg: MatchingTrainConfig) -> Path:
+    return run("train-matching", cfg)
 
 
 def _sigmoid(z):
@@ -85,8 +91,8 @@ def test_training_is_deterministic_and_loads_weights_only(feature_project, capsy
     a = train_matching(MatchingTrainConfig(run="runs/synth", out="a.pt", seed=3, **{**TINY, "episodes": 20}))
     b = train_matching(MatchingTrainConfig(run="runs/synth", out="b.pt", seed=3, **{**TINY, "episodes": 20}))
     sa, sb = (torch.load(p, weights_only=True) for p in (a, b))
-    assert sa["dim"] == 16 and sa["K"] == 5 and sa["config"]["seed"] == 3
-    assert sa["features"].endswith("train.hdf5") and sa["features_digest"] == sb["features_digest"]
+    assert sa["dim"] == 16 and sa["K"] == 5 and sa["identity"]["config"]["seed"] == 3
+    assert sa["features"].endswith("train.hdf5") and sa["identity"]["base_rows"] == sb["identity"]["base_rows"]
     for k, v in sa["state_dict"].items():
         assert torch.equal(v, sb["state_dict"][k]), k
     train_matching(MatchingTrainConfig(run="runs/synth", out="a.pt", seed=3, **{**TINY, "episodes": 20}))
@@ -113,17 +119,15 @@ def test_head_learns_well_separated_novel_classes(feature_project):
 
 
 def test_missing_model_says_what_to_run(tmp_path):
-    task = Task(4, np.array([0, 1]), np.array([2, 3]), run_dir=str(tmp_path))
     with pytest.raises(InputError, match="run `lowshot train-matching") as err:
-        HEADS.create("matching").fit(torch.randn(4, 3), torch.tensor([0, 1, 2, 3]), task)
+        trained_model(str(tmp_path), HEADS.get("matching"), 3, torch.device("cpu"))
     assert "\n" not in str(err.value) and str(tmp_path / "heads" / "matching.pt") in str(err.value)
 
 
 def test_feature_dimension_must_match(feature_project):
-    path = train_matching(MatchingTrainConfig(run="runs/synth", **{**TINY, "episodes": 2}))
-    task = Task(12, np.array([3, 4, 5]), np.array([9, 10, 11]), run_dir="runs/synth")
+    train_matching(MatchingTrainConfig(run="runs/synth", **{**TINY, "episodes": 2}))
     with pytest.raises(InputError, match="16-dimensional"):
-        HEADS.create("matching", model=str(path)).fit(torch.randn(4, 8), torch.tensor([3, 4, 9, 10]), task)
+        trained_model("runs/synth", HEADS.get("matching"), 8, torch.device("cpu"))
 
 
 def test_a_retrained_network_recomputes_its_cells(feature_project):

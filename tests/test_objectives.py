@@ -100,6 +100,7 @@ def test_group_sampler_draws_distinct_rows_of_each_group():
 ])
 def test_train_objective_end_to_end(tiny_project, objective, args):
     from click.testing import CliRunner
+
     from lowshot.cli import main
     res = CliRunner().invoke(main, ["train", "--config", "train.json", "--run", "runs/t", "--objective", objective,
                                     "--epochs", "1", "--set", f"objective_args={args}"])
@@ -115,6 +116,7 @@ def test_train_objective_end_to_end(tiny_project, objective, args):
 
 def test_metric_objective_refuses_an_aux_loss(tiny_project):
     from click.testing import CliRunner
+
     from lowshot.cli import main
     res = CliRunner().invoke(main, ["train", "--config", "train.json", "--run", "runs/t", "--objective", "protonet",
                                     "--aux-loss", "sgm", "--aux-weight", "0.1"])
@@ -125,9 +127,10 @@ def test_metric_objective_refuses_an_aux_loss(tiny_project):
 def test_interrupted_objective_resumes_to_the_same_weights(tiny_project, monkeypatch, objective, args):
     """RepMet's representatives come back from the checkpoint; Magnet re-clusters from the resumed model."""
     from interrupt import interrupted_then_resumed
-    from lowshot.checkpoints import load_checkpoint
+
     from lowshot.config import resolve_config
-    from lowshot.train import TrainConfig, train
+    from lowshot.io.checkpoints import load_checkpoint
+    from lowshot.stages.train import TrainConfig, train
 
     def cfg(run):
         return resolve_config(TrainConfig, "train.json", run=run, device="cpu", objective=objective, objective_args=args)

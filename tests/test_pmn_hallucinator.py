@@ -1,4 +1,5 @@
 """Prototype matching networks + hallucinator (Wang et al. 2018): maths by hand and against numpy, G, training, head."""
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -7,21 +8,31 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from lowshot.benchmark import BenchmarkConfig, benchmark
-from lowshot.errors import InputError
-from lowshot.generators import GENERATORS
-from lowshot.generators.pmn import Hallucinator
-from lowshot.heads import HEADS, Task
-from lowshot.heads.pmn_hallucinator import PrototypeMatchingNet
-from lowshot.heads._common import group_rows
-from lowshot.train_matching import load_base_rows, sample_episode
-from lowshot.train_pmn import PMNTrainConfig, fake_novel, load_pmn, train_pmn
-from synthetic import one_thread, pmn_file  # noqa: F401 (one_thread: autouse fixture)
+from synthetic import one_thread, pmn_net, pmn_saved  # noqa: F401 (one_thread: autouse fixture)
 from test_matching import _full_context, _lstm_step
 from test_weight_generator import nuisance_project
 
+from lowshot.errors import InputError
+from lowshot.generators import GENERATORS
+from lowshot.heads import HEADS, Task
+from lowshot.heads.matching.train import sample_episode
+from lowshot.heads.maths import group_rows
+from lowshot.heads.pmn_hallucinator.model import (
+    Hallucinator,
+    PrototypeMatchingNet,
+    from_saved,
+)
+from lowshot.heads.pmn_hallucinator.train import PMNTrainConfig, fake_novel
+from lowshot.run import trained_model
+from lowshot.stages import run
+from lowshot.stages.benchmark import BenchmarkConfig, benchmark
+from lowshot.stages.train_model import base_rows
+
 TINY = dict(episodes=60, classes_per_episode=6, max_shots=5, max_novel_shots=2, n_aug=3, hidden=32, K=1)
+
+
+def train_pmn(cfg: PMNTrainConfig) -> Path:
+    return run("train-pmn", cfg)
 
 
 def silent_net(dim: int = 2, K: int = 1, n_aug: int = 0) -> PrototypeMatchingNet:
@@ -110,15 +121,14 @@ def test_novel_classes_are_topped_up_to_n_aug_from_their_own_rows():
 
 def test_plugin_keeps_real_rows_first_and_tops_up(tmp_path):
     plugin = GENERATORS.get("pmn")
-    train = type("Train", (), {"dim": 4})()
-    state = plugin.init(pmn_file(tmp_path / "pmn.pt", 4, hidden=8), torch.device("cpu"), train)
+    state = plugin.init(pmn_saved(4, hidden=8), 4, None)
     with torch.no_grad():
-        state.model.fc1.weight.add_(0.1)
+        state.fc1.weight.add_(0.1)
     feats, labels = torch.rand(4, 4), torch.tensor([5, 5, 6, 8])
     out, out_labels = plugin.generate(feats, labels, state, 3, seed=2)
     assert torch.equal(out[:4], feats) and out_labels.tolist() == [5, 5, 6, 8, 5, 6, 6, 8, 8]
     again, _ = plugin.generate(feats, labels, state, 3, seed=2)
-    assert torch.equal(out, again) and len(state.key) == 16
+    assert torch.equal(out, again)
 
 
 def test_novel_classes_of_an_episode_keep_few_shots():
@@ -132,7 +142,8 @@ def test_novel_classes_of_an_episode_keep_few_shots():
 
 def episode_nll(net: PrototypeMatchingNet, cfg: PMNTrainConfig, episodes: int = 30) -> float:
     """Mean query NLL of `episodes` fixed episodes (seed 123) drawn as `train-pmn` draws its own."""
-    feats, labels, _, _ = load_base_rows(cfg)
+    base = base_rows(cfg)[0]
+    feats, labels = base.feats, base.labels
     rows, valid, _ = group_rows(torch.arange(len(labels))[:, None], labels, torch.unique(labels))
     gen, m, total = torch.Generator().manual_seed(123), cfg.classes_per_episode, 0.0
     with torch.no_grad():
@@ -148,7 +159,7 @@ def test_training_reduces_the_loss_of_held_out_episodes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     nuisance_project(tmp_path)
     cfg = PMNTrainConfig(run="runs/n", seed=3, device="cpu", **{**TINY, "episodes": 100, "classes_per_episode": 10})
-    trained = load_pmn(train_pmn(cfg), 16)
+    trained = from_saved(torch.load(train_pmn(cfg), weights_only=True), 16)
     torch.manual_seed(3)  # the initialisation train_pmn starts from
     untrained = PrototypeMatchingNet(16, cfg.K, cfg.hidden, cfg.n_aug)
     before, after = episode_nll(untrained, cfg), episode_nll(trained, cfg)
@@ -161,7 +172,7 @@ def test_training_is_deterministic_and_cached(feature_project, capsys):
     a = train_pmn(PMNTrainConfig(out="a.pt", **cfg))
     b = train_pmn(PMNTrainConfig(out="b.pt", **cfg))
     sa, sb = (torch.load(p, weights_only=True) for p in (a, b))
-    assert sa["dim"] == 16 and sa["config"]["seed"] == 3 and sa["config"]["n_aug"] == 3 and len(sa["log"]) == 10
+    assert sa["dim"] == 16 and sa["identity"]["config"]["seed"] == 3 and sa["identity"]["config"]["n_aug"] == 3 and len(sa["log"]) == 10
     for k, v in sa["state_dict"].items():
         assert torch.equal(v, sb["state_dict"][k]), k
     train_pmn(PMNTrainConfig(out="a.pt", **cfg))
@@ -169,20 +180,18 @@ def test_training_is_deterministic_and_cached(feature_project, capsys):
 
 
 def test_missing_model_is_one_line_and_dimension_is_checked(tmp_path):
-    task = Task(4, np.array([0, 1]), np.array([2, 3]), run_dir=str(tmp_path))
     with pytest.raises(InputError, match="run `lowshot train-pmn") as err:
-        HEADS.create("pmn_hallucinator").check_inputs(task)
+        trained_model(str(tmp_path), HEADS.get("pmn_hallucinator"), 4, torch.device("cpu"))
     assert "\n" not in str(err.value) and str(tmp_path / "heads" / "pmn_hallucinator.pt") in str(err.value)
     with pytest.raises(InputError, match="trained on 4-dimensional features, these have 3"):
-        HEADS.create("pmn_hallucinator", model=pmn_file(tmp_path / "p.pt", 4)).fit(
-            torch.rand(4, 3), torch.tensor([0, 1, 2, 3]), task)
+        from_saved(pmn_saved(4), 3)
 
 
 def test_head_scores_are_log_probabilities_over_the_classes_it_saw(tmp_path):
     task = Task(6, np.array([0, 1]), np.array([4, 5]), seed=0)
     feats, labels = torch.rand(7, 4), torch.tensor([0, 0, 0, 1, 1, 4, 5])
-    head = HEADS.create("pmn_hallucinator", model=pmn_file(tmp_path / "p.pt", 4, n_aug=3), support_per_class=2)
-    head.fit(feats, labels, task)
+    head = HEADS.create("pmn_hallucinator", support_per_class=2)
+    head.fit(feats, labels, dataclasses.replace(task, model=pmn_net(4, n_aug=3)))
     assert head.classes_.tolist() == [0, 1, 4, 5] and head.protos_.shape == (4, 4)
     scores = head.scores(torch.rand(3, 4))
     assert torch.isneginf(scores[:, [2, 3]]).all() and torch.allclose(scores.exp().sum(1), torch.ones(3))
@@ -221,12 +230,11 @@ def test_cli_trains_benchmarks_and_recomputes_after_retraining(feature_project):
 
 
 def test_runs_in_episodes_where_every_class_is_novel(tmp_path):
-    from lowshot.episodes import episode_accuracies
+    from lowshot.protocols.episodes import episode_accuracies
     g = torch.Generator().manual_seed(0)
     means = 6 * torch.eye(4)[:3]  # 3 ways, well apart; rows stay non-negative-ish around them
     support = (means[None, :, None] + 0.3 * torch.randn(2, 3, 1, 4, generator=g)).abs()  # 2 episodes, 1 shot
     query = (means[None, :, None] + 0.3 * torch.randn(2, 3, 5, 4, generator=g)).abs()
-    task = Task(3, np.zeros(0, np.int64), np.arange(3))
-    acc = episode_accuracies("pmn_hallucinator", {"model": pmn_file(tmp_path / "p.pt", 4, n_aug=3)}, support, query,
-                             task)
+    task = Task(3, np.zeros(0, np.int64), np.arange(3), model=pmn_net(4, n_aug=3))
+    acc = episode_accuracies("pmn_hallucinator", {}, support, query, task)
     assert acc.shape == (2,) and (acc > 0.9).all(), acc

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from synthetic_cli import invoke
 
-from lowshot.report_classes import hardest_novel
+from lowshot.stages.report_classes import hardest_novel
 
 RUN = ("--run", "runs/synth")
 

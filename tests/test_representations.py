@@ -5,9 +5,20 @@ import pandas as pd
 import pytest
 
 from lowshot.errors import InputError
-from lowshot.report import long_table, paired_difference, summary
-from lowshot.representations import (RepresentationsConfig, choose_weights, cosine_run, difference_table, representation_tables,
-                                     run_name, setup1_scores, sweep_runs, sweep_table, table_methods)
+from lowshot.io.results import long_table
+from lowshot.io.tables import paired_difference, summary
+from lowshot.protocols.representations import (
+    RepresentationsConfig,
+    choose_weights,
+    cosine_run,
+    difference_table,
+    representation_tables,
+    run_name,
+    setup1_scores,
+    sweep_runs,
+    sweep_table,
+    table_methods,
+)
 
 
 def _result(rep, setup, n, expid, novel, base=0.8, head="logreg", generator=None):

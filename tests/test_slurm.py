@@ -22,7 +22,8 @@ def fake_sbatch(tmp_path, monkeypatch):
 def test_dry_run_prints_the_chain_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = invoke("slurm", "--run", "demo", "--dry-run", "--time", "train=2-00:00:00", "--time", "30",
-                 "--gpus", "train=1", "--partition", '{"train": "gpu"}', "--args", "benchmark=--n 1,2")
+                 "--gpus", "train=1", "--partition", '{"train": "gpu"}', "--args", "benchmark=--n 1,2",
+                 "--heads", "logreg,matching", "--generator", "analogies")
     assert out.exit_code == 0
     scripts = out.output.split("# runs/demo/slurm/")[1:]
     assert [s.split(".sbatch")[0] for s in scripts] == ["train", "features", "generate", "train-matching",
@@ -31,6 +32,7 @@ def test_dry_run_prints_the_chain_and_writes_nothing(tmp_path, monkeypatch):
     assert "#SBATCH --time=2-00:00:00" in train and "#SBATCH --gres=gpu:1" in train and "--partition=gpu" in train
     assert "#SBATCH --time=30" in bench and "gres" not in bench and "#SBATCH --array=0-4" in bench
     assert "(afterok: features, generate, train-matching)" in bench and "--n 1,2" in bench
+    assert "--generator analogies" in bench
     assert "(afterany: benchmark)" in report and "report runs/demo/results" in report
     assert not Path("runs").exists()
 
@@ -62,7 +64,7 @@ def test_per_stage_values():
 
 def test_submit_chains_the_jobs(tmp_path, monkeypatch, fake_sbatch):
     monkeypatch.chdir(tmp_path)
-    out = invoke("slurm", "--run", "demo", "--submit", "--skip", "generate")
+    out = invoke("slurm", "--run", "demo", "--submit", "--heads", "logreg,matching")
     assert out.exit_code == 0, out.output
     calls = fake_sbatch.read_text().splitlines()
     assert [c.split()[-1].rsplit("/", 1)[-1] for c in calls] == [
@@ -105,3 +107,16 @@ def test_bad_options_are_one_line_before_submitting(tmp_path, monkeypatch, fake_
     monkeypatch.chdir(tmp_path)
     assert message in error_line(invoke("slurm", "--run", "demo", option, value, "--submit"))
     assert not Path("runs").exists() and not fake_sbatch.exists()
+
+
+def test_every_stage_make_knows_is_a_job_waiting_for_exactly_what_it_reads():
+    from lowshot.stages import STAGES
+    cfg = SlurmConfig(run="runs/x", heads=["weight_generator", "pmn_hallucinator"], stages=["all"])
+    jobs = {j.stage: j for j in build_jobs(cfg)}
+    assert list(jobs) == [s.name for s in STAGES if s.job]
+    assert jobs["train-weight-generator"].after == ("features",) and jobs["incremental"].after == ("train",)
+    assert jobs["benchmark"].after == ("features", "train-weight-generator", "train-pmn")
+    assert jobs["episodes"].after == ("features", "train-weight-generator", "train-pmn")
+    assert jobs["report"].after == ("benchmark",) and jobs["report"].dependency == "afterany"
+    only = {j.stage for j in build_jobs(SlurmConfig(run="runs/x", heads=["weight_generator"]))}
+    assert only == {"train", "features", "train-weight-generator", "benchmark", "report"}

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from lowshot.errors import InputError
-from lowshot.io.splits import (load_label_splits, load_shots, make_label_splits, make_shots, write_label_splits,
-                               write_shots)
+from lowshot.io.splits import (
+    load_label_splits,
+    load_shots,
+    make_label_splits,
+    make_shots,
+    write_label_splits,
+    write_shots,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,12 +3,12 @@ import json
 
 import pytest
 import torch
+from interrupt import interrupted_then_resumed
 
 from lowshot.config import resolve_config
 from lowshot.errors import InputError
-from lowshot.checkpoints import load_checkpoint
-from lowshot.train import TrainConfig, train
-from interrupt import interrupted_then_resumed
+from lowshot.io.checkpoints import load_checkpoint
+from lowshot.stages.train import TrainConfig, train
 
 
 def _cfg(project, run, **kw):

@@ -1,12 +1,11 @@
 """Mixed precision and channels_last run the same code on the CPU as on a GPU: an fp16 run trains through
 the loss scaler, whose state goes into the checkpoint (so a resumed run continues with the same scale)."""
 import torch
-
-from lowshot.checkpoints import load_checkpoint
-from lowshot.config import resolve_config
-from lowshot.train import TrainConfig, train
-
 from image_trees import one_thread  # noqa: F401
+
+from lowshot.config import resolve_config
+from lowshot.io.checkpoints import load_checkpoint
+from lowshot.stages.train import TrainConfig, train
 
 
 def test_fp16_channels_last_run_saves_the_loss_scaler(tiny_project):

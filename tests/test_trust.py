@@ -6,9 +6,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from synthetic_cli import error_line, invoke
 
 from lowshot.io.features import FeatureSet, read_features, write_features
-from synthetic_cli import error_line, invoke
 
 RUN = ("--run", "runs/synth")
 

@@ -1,4 +1,5 @@
 """Gidaris & Komodakis' weight generator: the maths by hand, the head against imprinting, the training stage."""
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -6,16 +7,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from synthetic import mixture, one_thread, weight_generators, weight_generators_saved  # noqa: F401 (fixture)
 
-from lowshot.benchmark import BenchmarkConfig, benchmark
 from lowshot.errors import InputError
 from lowshot.heads import HEADS, Task
-from lowshot.heads.weight_generator import FewShotWeightGenerator
+from lowshot.heads.weight_generator.model import FewShotWeightGenerator, from_saved
+from lowshot.heads.weight_generator.train import (
+    WeightGeneratorTrainConfig,
+    sample_episode,
+)
 from lowshot.io.features import FeatureSet, write_features
 from lowshot.io.splits import LabelSplits, make_shots, write_label_splits, write_shots
-from lowshot.train_weight_generator import WeightGeneratorTrainConfig, sample_episode, train_weight_generator
-from synthetic import mixture, one_thread, weight_generator_file  # noqa: F401 (fixture)
+from lowshot.run import trained_model
+from lowshot.stages import run
+from lowshot.stages.benchmark import BenchmarkConfig, benchmark
+
+
+def train_weight_generator(cfg: WeightGeneratorTrainConfig) -> Path:
+    return run("train-weight-generator", cfg)
 
 
 def hand_net() -> FewShotWeightGenerator:
@@ -65,43 +74,39 @@ def test_feature_averaging_generator_has_no_attention_term():
 
 def test_without_attention_the_head_is_imprinting(tmp_path):
     xtr, ytr, xte, _, task = mixture(shots=3, d=16, base=6, novel=5, interleave=True)
-    model = weight_generator_file(tmp_path / "g.pt", task.classifier_weight, scale=10.0, phi_att=0.0)
-    ours = HEADS.create("weight_generator", model=model).fit(xtr, ytr, task).scores(xte)
+    model = weight_generators(task.classifier_weight, scale=10.0, phi_att=0.0)
+    ours = HEADS.create("weight_generator").fit(xtr, ytr, dataclasses.replace(task, model=model)).scores(xte)
     theirs = HEADS.create("imprint").fit(xtr, ytr, task).scores(xte)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
 def test_episode_batch_equals_one_episode_at_a_time(tmp_path):
     g = torch.Generator().manual_seed(1)
-    model = weight_generator_file(tmp_path / "g.pt", torch.randn(9, 8, generator=g), phi_att=1.0, shots=(1, 3))
+    model = weight_generators(torch.randn(9, 8, generator=g), phi_att=1.0, shots=(1, 3))
     support, query = torch.randn(4, 5, 3, 8, generator=g), torch.randn(4, 7, 8, generator=g)
-    task = Task(5, np.zeros(0, np.int64), np.arange(5))
-    head = HEADS.create("weight_generator", model=model)
+    task = Task(5, np.zeros(0, np.int64), np.arange(5), model=model)
+    head = HEADS.create("weight_generator")
     batched = head.episode_scores(support, query, task)
     labels = torch.arange(5).repeat_interleave(3)
     for e in range(4):
-        one = HEADS.create("weight_generator", model=model).fit(support[e].reshape(-1, 8), labels, task)
+        one = HEADS.create("weight_generator").fit(support[e].reshape(-1, 8), labels, task)
         torch.testing.assert_close(one.scores(query[e]), batched[e])
 
 
-def test_the_generator_trained_for_the_nearest_smaller_n_is_used(tmp_path):
-    path = tmp_path / "g.pt"
-    weight_generator_file(path, torch.eye(4), shots=(1, 5))
-    saved = torch.load(path, weights_only=True)
+def test_the_generator_trained_for_the_nearest_smaller_n_is_used():
+    saved = weight_generators_saved(torch.eye(4), shots=(1, 5))
     saved["generators"]["5"]["scale_cls"] = torch.tensor(7.0)
-    torch.save(saved, path)
-    from lowshot.train_weight_generator import load_generator
-    assert [load_generator(path, 4, n).scale_cls.item() for n in (1, 4, 5, 20)] == [10.0, 10.0, 7.0, 7.0]
+    generators = from_saved(saved, 4)
+    assert [generators.for_shots(n).scale_cls.item() for n in (1, 4, 5, 20)] == [10.0, 10.0, 7.0, 7.0]
 
 
 def test_missing_model_and_unknown_base_class_are_one_line_errors(tmp_path):
-    task = Task(6, np.array([0, 5]), np.array([2]), run_dir=str(tmp_path))
     with pytest.raises(InputError, match="run `lowshot train-weight-generator") as err:
-        HEADS.create("weight_generator").fit(torch.randn(3, 4), torch.tensor([0, 5, 2]), task)
+        trained_model(str(tmp_path), HEADS.get("weight_generator"), 4, torch.device("cpu"))
     assert "\n" not in str(err.value) and str(tmp_path / "heads" / "weight_generator.pt") in str(err.value)
-    model = weight_generator_file(tmp_path / "g.pt", torch.eye(4)[:3])  # base classes 0, 1, 2 only
+    task = Task(6, np.array([0, 5]), np.array([2]), model=weight_generators(torch.eye(4)[:3]))  # base classes 0-2
     with pytest.raises(InputError, match="no base row for class 5"):
-        HEADS.create("weight_generator", model=model).fit(torch.randn(3, 4), torch.tensor([0, 5, 2]), task)
+        HEADS.create("weight_generator").fit(torch.randn(3, 4), torch.tensor([0, 5, 2]), task)
 
 
 def test_episode_sampling_keeps_shots_and_test_rows_apart():
@@ -163,8 +168,8 @@ def test_training_is_deterministic_cached_and_weights_only(feature_project, caps
     a = train_weight_generator(WeightGeneratorTrainConfig(out="a.pt", **cfg))
     b = train_weight_generator(WeightGeneratorTrainConfig(out="b.pt", **cfg))
     sa, sb = (torch.load(p, weights_only=True) for p in (a, b))
-    assert sa["dim"] == 16 and sa["config"]["seed"] == 3 and sorted(sa["generators"]) == ["1", "2"]
-    assert sa["novel_per_episode"] == 4 and sa["features_digest"] == sb["features_digest"]
+    assert sa["dim"] == 16 and sa["identity"]["config"]["seed"] == 3 and sorted(sa["generators"]) == ["1", "2"]
+    assert sa["novel_per_episode"] == 4 and sa["identity"]["base_rows"] == sb["identity"]["base_rows"]
     for n, state in sa["generators"].items():
         assert state["classes"].tolist() == list(range(6))
         for k, v in state.items():

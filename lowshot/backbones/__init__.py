@@ -1,8 +1,5 @@
 """Backbones (ResNet-10/18/34/50/101) and the classifiers on top of them."""
-from lowshot.registry import Registry
-
-BACKBONES = Registry("backbone")
-CLASSIFIERS = Registry("classifier")
+from lowshot.backbones.base import BACKBONES, CLASSIFIERS  # noqa: F401
 
 from lowshot.backbones import classifiers, resnet  # noqa: E402,F401  (fill the registries)
 from lowshot.backbones.model import Model, build_model  # noqa: E402,F401

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowshot.backbones import CLASSIFIERS
+from lowshot.backbones.base import CLASSIFIERS
 
 
 @CLASSIFIERS.register("linear")

@@ -6,7 +6,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from lowshot.backbones import BACKBONES, CLASSIFIERS
+from lowshot.backbones.base import BACKBONES, CLASSIFIERS
 
 
 class Model(nn.Module):

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from lowshot.backbones import BACKBONES
+from lowshot.backbones.base import BACKBONES
 from lowshot.errors import InputError
 
 

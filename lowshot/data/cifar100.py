@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from lowshot.data import DATASETS, ImageDataset
+from lowshot.data.base import DATASETS, ImageDataset
 from lowshot.data.files import require_dir
 from lowshot.errors import InputError
 

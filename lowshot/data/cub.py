@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from lowshot.data import DATASETS, FileDataset
+from lowshot.data.base import DATASETS, FileDataset
 from lowshot.data.files import read_table, require_dir
 from lowshot.errors import InputError
 from lowshot.io.splits import LabelSplits

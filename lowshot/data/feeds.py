@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lowshot.data import FileDataset, ImageDataset, normalise_images
+from lowshot.data.base import FileDataset, ImageDataset, normalise_images
 from lowshot.data.stream import EpochSampler, ImageFiles, make_loader, subset
 from lowshot.data.transforms import TRANSFORMS, Preset
 from lowshot.distributed import Dist

@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from lowshot.data import DATASETS, FileDataset
+from lowshot.data.base import DATASETS, FileDataset
 from lowshot.data.files import class_tree, require_dir, subfolders
 from lowshot.errors import InputError
 

@@ -30,7 +30,7 @@ import PIL
 from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps, features
 
-from lowshot.data import DATASETS, ImageDataset
+from lowshot.data.base import DATASETS, ImageDataset
 from lowshot.errors import InputError
 from lowshot.io.atomic import atomic_path
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from lowshot.data import DATASETS, FileDataset
+from lowshot.data.base import DATASETS, FileDataset
 from lowshot.data.files import class_blocks, class_tree, require_dir, subfolders
 from lowshot.errors import InputError
 from lowshot.io.atomic import atomic_path

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lowshot.data import ImageDataset, normalise_images
+from lowshot.data.base import ImageDataset, normalise_images
 from lowshot.data.files import IMAGE_SUFFIXES, images_in
 from lowshot.data.stream import UnreadableImage, open_image
 from lowshot.data.transforms import TRANSFORMS

@@ -1,23 +1,16 @@
 """Gaussian jitter around the shots (plug-in `jitter`): a control for the generator interface.
 
 new = shot + N(0, σ² I), with σ² the pooled within-class variance per dimension of the base
-classes' train features, measured in `init`; no training stage. The base classes come from a
-label-split JSON given as the generator file (`--set generator_file=label_splits/x.json`), else
-from `label_splits/<dataset>.json` (the benchmark's own default), so novel-class rows beyond the
-shots are never looked at.
+classes' train features (of both setups, the classes the representation was trained on), measured
+in `init`; no training stage, so novel-class rows beyond the shots are never looked at.
 """
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import torch
 
-from lowshot.errors import InputError
-from lowshot.generators import GENERATORS, GeneratorPlugin
-from lowshot.generators._common import plan_new_rows
-from lowshot.io.splits import load_label_splits
-from lowshot.run import splits_path
+from lowshot.generators.base import GENERATORS, GeneratorPlugin
+from lowshot.heads.maths import plan_new_rows
 
 
 def within_class_variance(feats: np.ndarray, labels: np.ndarray, classes) -> float:
@@ -32,20 +25,10 @@ def within_class_variance(feats: np.ndarray, labels: np.ndarray, classes) -> flo
     return float(((x - means[y]) ** 2).sum() / (x.shape[1] * dof))
 
 
-def _base_classes(path, train):
-    if path is not None and str(path).endswith(".json") and os.path.exists(path):
-        return load_label_splits(path).base_classes
-    dataset = train.attrs.get("dataset")
-    default = splits_path(dataset)
-    if not dataset or not default.exists():
-        raise InputError(train.path, f"jitter needs the base classes: {default} not found; "
-                                     "pass a label split file as the generator file")
-    return load_label_splits(default).base_classes
-
-
-def init(path, device, train) -> dict:
-    """σ from the base classes of `train` (a FeatureSet); `path` is ignored unless a split JSON."""
-    return {"sigma": within_class_variance(train.feats, train.labels, _base_classes(path, train)) ** 0.5}
+def init(saved, dim: int, base_rows) -> dict:
+    """σ from the base classes' train rows (`base_rows()` returns their features (N, d) and labels (N,))."""
+    feats, labels = base_rows()
+    return {"sigma": within_class_variance(feats, labels, np.unique(labels)) ** 0.5}
 
 
 @torch.no_grad()
@@ -57,4 +40,4 @@ def generate(feats: torch.Tensor, labels: torch.Tensor, state: dict, max_per_lab
     return torch.cat([feats, feats[rows] + state["sigma"] * noise]), torch.cat([labels, new_labels])
 
 
-GENERATORS.register("jitter")(GeneratorPlugin(init, generate))
+GENERATORS.register("jitter")(GeneratorPlugin(None, init, generate))

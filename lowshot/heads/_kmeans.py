@@ -10,7 +10,13 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from lowshot.heads._common import fingerprint, generator, group_rows, split_base, sq_distances
+from lowshot.heads.maths import (
+    fingerprint,
+    generator,
+    group_rows,
+    split_base,
+    sq_distances,
+)
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 20, gen: Optional[torch.Generator] = None,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from lowshot.heads import Head, Task
-from lowshot.heads._common import base_centre, preprocess
+from lowshot.heads.base import Head, Task
+from lowshot.heads.maths import base_centre, preprocess
 
 
 class TransductiveHead(Head):

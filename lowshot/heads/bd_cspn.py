@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from lowshot.heads import HEADS
-from lowshot.heads._common import l2_normalise, rectify_prototypes
+from lowshot.heads.base import HEADS
 from lowshot.heads._transductive import TransductiveHead
+from lowshot.heads.maths import l2_normalise, rectify_prototypes
 
 
 @HEADS.register("bd_cspn")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from lowshot.errors import InputError
-from lowshot.heads import HEADS, Head, Task
-from lowshot.heads._common import base_centre, class_means, l2_normalise, mask_absent
+from lowshot.heads.base import HEADS, Head, Task
+from lowshot.heads.maths import base_centre, class_means, l2_normalise, mask_absent
 
 CENTRES = ("base", "support", "none")
 

@@ -5,8 +5,15 @@ from typing import Tuple
 
 import torch
 
-from lowshot.heads import HEADS, Head, Task
-from lowshot.heads._common import base_rows, class_means, cosine_scale, l2_normalise, mask_absent, split_base
+from lowshot.heads.base import HEADS, Head, Task
+from lowshot.heads.maths import (
+    base_rows,
+    class_means,
+    cosine_scale,
+    l2_normalise,
+    mask_absent,
+    split_base,
+)
 
 
 def imprinted_weight(feats: torch.Tensor, labels: torch.Tensor, task: Task, head: str) -> Tuple[torch.Tensor, ...]:

@@ -6,9 +6,15 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from lowshot.heads import HEADS, Head, Task
-from lowshot.heads._common import cosine_scale, generator, l2_normalise, mask_absent, split_base
+from lowshot.heads.base import HEADS, Head, Task
 from lowshot.heads.imprint import imprinted_weight
+from lowshot.heads.maths import (
+    cosine_scale,
+    generator,
+    l2_normalise,
+    mask_absent,
+    split_base,
+)
 
 
 @HEADS.register("imprint_ft")

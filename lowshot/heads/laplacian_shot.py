@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from lowshot.heads import HEADS
-from lowshot.heads._common import one_hot_means, rectify_prototypes, sq_distances
+from lowshot.heads.base import HEADS
 from lowshot.heads._transductive import TransductiveHead
+from lowshot.heads.maths import one_hot_means, rectify_prototypes, sq_distances
 
 
 @HEADS.register("laplacian_shot")

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from lowshot.errors import InputError
-from lowshot.heads import HEADS, Head, Task
-from lowshot.heads._common import mask_absent, split_base
+from lowshot.heads.base import HEADS, Head, Task
+from lowshot.heads.maths import mask_absent, split_base
 
 SOLVER_PARAMS = {"lbfgs": ("wd", "tol", "sample"), "hg": ("lr", "wd", "maxiters", "batch_size")}  # what each solver reads
 SAMPLE = 32  # default base rows per class in the sample of `minimise_softmax`

@@ -6,9 +6,9 @@ import math
 import torch
 
 from lowshot.errors import InputError
-from lowshot.heads import HEADS, Head, Task
-from lowshot.heads._common import chunked
+from lowshot.heads.base import HEADS, Head, Task
 from lowshot.heads._kmeans import setup_clusters
+from lowshot.heads.maths import chunked
 
 
 @HEADS.register("magnet")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from lowshot.heads import HEADS, Head, Task
-from lowshot.heads._common import chunked, class_means, mask_absent, sq_distances
+from lowshot.heads.base import HEADS, Head, Task
+from lowshot.heads.maths import chunked, class_means, mask_absent, sq_distances
 
 
 @HEADS.register("protonet")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lowshot.heads import HEADS
-from lowshot.heads._common import one_hot_means, sinkhorn, sq_distances
+from lowshot.heads.base import HEADS
 from lowshot.heads._transductive import TransductiveHead
+from lowshot.heads.maths import one_hot_means, sinkhorn, sq_distances
 
 
 @HEADS.register("pt_map")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from lowshot.heads import HEADS, Head, Task
-from lowshot.heads._common import base_rows, class_means, mask_absent, split_base
+from lowshot.heads.base import HEADS, Head, Task
+from lowshot.heads.maths import base_rows, class_means, mask_absent, split_base
 
 
 @HEADS.register("raw_imprint")

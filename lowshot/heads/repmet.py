@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 
 from lowshot.errors import InputError
-from lowshot.heads import HEADS, Head, Task
-from lowshot.heads._common import chunked, generator, l2_normalise, sq_distances
+from lowshot.heads.base import HEADS, Head, Task
 from lowshot.heads._kmeans import cluster_classes, setup_clusters
+from lowshot.heads.maths import chunked, generator, l2_normalise, sq_distances
 
 REDUCTIONS = ("max", "sum", "mean")
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from lowshot import __version__
 from lowshot.errors import InputError
 from lowshot.io.atomic import atomic_path
-from lowshot.io.fingerprint import array_digest
+from lowshot.io.fingerprint import digest
 
 FEATURE_NAMES = ("all_feats", "all_features")
 BLOCK_ROWS = 1 << 16  # rows per block when a file is read or hashed whole (128 MB at d = 512)
@@ -223,7 +223,7 @@ def content_digest(fs: Optional[FeatureSet]) -> Optional[str]:
         return None
     if fs.digest is None:
         scale = None if fs.classifier_scale is None else np.array([fs.classifier_scale])
-        fs.digest = array_digest(fs.feats, fs.labels, fs.classifier_weight, scale)
+        fs.digest = digest(fs.feats, fs.labels, fs.classifier_weight, scale)
     return fs.digest
 
 

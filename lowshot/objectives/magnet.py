@@ -6,9 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lowshot.heads._common import generator, sq_distances
 from lowshot.heads._kmeans import cluster_classes
-from lowshot.objectives import OBJECTIVES, Episodic, GroupSampler, base_positions
+from lowshot.heads.maths import generator, sq_distances
+from lowshot.objectives.base import OBJECTIVES, Episodic, GroupSampler, base_positions
 
 
 def magnet_loss(r: torch.Tensor, cluster_class: torch.Tensor, alpha: float):

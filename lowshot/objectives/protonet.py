@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from lowshot.heads.protonet import ProtoNet
-from lowshot.objectives import OBJECTIVES, Episodic, GroupSampler, base_positions
+from lowshot.objectives.base import OBJECTIVES, Episodic, GroupSampler, base_positions
 
 
 def protonet_loss(support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,9 @@ from typing import Any, Dict, List
 import torch
 import torch.nn.functional as F
 
-from lowshot.heads._common import l2_normalise, sq_distances
+from lowshot.heads.maths import l2_normalise, sq_distances
 from lowshot.heads.repmet import mode_log_posterior
-from lowshot.objectives import OBJECTIVES, Objective, base_positions
+from lowshot.objectives.base import OBJECTIVES, Objective, base_positions
 
 
 def repmet_loss(emb: torch.Tensor, target: torch.Tensor, reps: torch.Tensor, sigma: float, alpha: float):

@@ -1,0 +1,99 @@
+"""The data registry and the types its entries share (`lowshot.data` re-exports them)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from lowshot.errors import InputError
+from lowshot.io.splits import LabelSplits
+from lowshot.registry import Registry
+
+DATASETS = Registry("dataset")
+
+
+@dataclass
+class ImageDataset:
+    """Images of every class in memory, split into a train part and a test part.
+
+    Attributes:
+        name: data set name (used for `label_splits/<name>.json`).
+        train_images: uint8 array of shape (N, C, H, W), rows grouped by class, classes ascending.
+        train_labels: int64 array of shape (N,).
+        test_images: uint8 array of shape (M, C, H, W), same ordering rule.
+        test_labels: int64 array of shape (M,).
+        label_names: position k is the name of label k.
+        meta: provenance (generator version, library versions, seed, ...).
+        default_splits: the data set's own label split, written by `lowshot data` instead of a seeded one.
+        default_shots: the data set's own shot files, (num_classes, 20) int64 arrays for experiments 1..5.
+    """
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    label_names: List[str]
+    meta: Dict[str, Any] = field(default_factory=dict)
+    default_splits: Optional[LabelSplits] = None
+    default_shots: Optional[List[np.ndarray]] = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_images.shape[1])
+
+
+@dataclass
+class FileDataset:
+    """Images of every class as files under `root`, decoded only when read (see `lowshot.data.stream`).
+
+    Attributes:
+        name: data set name.
+        root: folder the file names are relative to.
+        train_files, test_files: image paths relative to `root`, rows grouped by class, classes ascending.
+        train_labels, test_labels: int64 arrays of shape (N,) and (M,).
+        label_names: position k is the name of label k.
+        transforms: name of the augmentation preset (`lowshot.data.transforms.TRANSFORMS`).
+        meta, default_splits, default_shots: as in `ImageDataset`.
+    """
+
+    name: str
+    root: str
+    train_files: List[str]
+    train_labels: np.ndarray
+    test_files: List[str]
+    test_labels: np.ndarray
+    label_names: List[str]
+    transforms: str = "hg"
+    meta: Dict[str, Any] = field(default_factory=dict)
+    default_splits: Optional[LabelSplits] = None
+    default_shots: Optional[List[np.ndarray]] = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def channels(self) -> int:
+        return 3  # every image is converted to RGB when read
+
+    def verify(self) -> None:
+        """Raise `InputError` naming the file that lists a missing image (`meta["sources"][part]`, else the root)."""
+        for part, names in (("train", self.train_files), ("test", self.test_files)):
+            missing = [n for n in names if not os.path.isfile(os.path.join(self.root, n))]
+            if missing:
+                source = self.meta.get("sources", {}).get(part) or self.root
+                raise InputError(source, f"names {len(missing)} of {len(names)} {part} images that do not exist "
+                                         f"under {self.root}, e.g. {', '.join(missing[:3])}")
+
+
+def normalise_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, C, H, W) -> float in [-1, 1], the input every in-memory backbone is trained on."""
+    return images.float().div_(127.5).sub_(1.0)

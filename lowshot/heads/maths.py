@@ -1,0 +1,237 @@
+"""Maths shared by several heads: normalisation, class means, distances, grouping, cache keys."""
+from __future__ import annotations
+
+from typing import Callable, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from lowshot.errors import InputError
+
+COSINE_HINT = ("needs a representation trained with the cosine classifier: "
+               "run `lowshot train --classifier cosine` then `lowshot features`")
+NO_CLASSIFIER = ("needs the representation's trained classifier, and the feature file has no classifier_weight "
+                 "(features of a timm or torchvision model, or of other code, have none; `lowshot features` on a "
+                 "lowshot checkpoint writes it): use a head that needs none, e.g. cosine_ncm (every class "
+                 "imprinted from its examples), protonet or logreg")
+
+
+def l2_normalise(x: torch.Tensor) -> torch.Tensor:
+    """Rows of x scaled to unit L2 norm (zero rows stay zero)."""
+    return F.normalize(x, dim=-1)
+
+
+def class_means(feats: torch.Tensor, labels: torch.Tensor, num_classes: int):
+    """Per-class means (C, d) and counts (C,) of feats (N, d); absent classes get a zero mean."""
+    counts = torch.bincount(labels, minlength=num_classes).to(feats.dtype)
+    sums = torch.zeros(num_classes, feats.shape[1], dtype=feats.dtype, device=feats.device)
+    sums.index_add_(0, labels, feats)
+    return sums / counts.clamp(min=1)[:, None], counts
+
+
+def sq_distances(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (..., N, K) between x (..., N, d) and centres (..., K, d), via the linear form."""
+    cross = x @ centres.transpose(-1, -2)
+    return (x.pow(2).sum(-1, keepdim=True) - 2 * cross + centres.pow(2).sum(-1).unsqueeze(-2)).clamp_min(0)
+
+
+def mask_absent(scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Scores with −inf in the columns of classes that had no training data (present: bool (C,))."""
+    return scores.masked_fill(~present.to(scores.device), float("-inf"))
+
+
+def generator(seed: int, device: torch.device) -> torch.Generator:
+    """A torch.Generator on `device`, seeded."""
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def split_base(labels: torch.Tensor, task) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(base classes of the setup as a long tensor, bool (N,) mask of the rows with a base label)."""
+    base = torch.as_tensor(task.base_classes, dtype=torch.long, device=labels.device)
+    return base, torch.isin(labels, base)
+
+
+def cosine_scale(task, head: str) -> float:
+    """The representation's cosine-classifier scale s, or an `InputError` saying what to run first."""
+    if task.classifier_scale is None:
+        raise InputError(None, f"head '{head}' {COSINE_HINT if task.classifier_weight is not None else NO_CLASSIFIER}")
+    return float(task.classifier_scale)
+
+
+
+
+
+def base_rows(task, head: str, device: torch.device) -> torch.Tensor:
+    """The representation's classifier rows (C, d), or an `InputError` if the feature file has none."""
+    if task.classifier_weight is None:
+        raise InputError(None, f"head '{head}' {NO_CLASSIFIER}")
+    return task.classifier_weight.to(device=device, dtype=torch.float32)
+
+
+def group_rows(x: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, width: int = 0):
+    """Rows of x grouped by class, zero-padded.
+
+    Args:
+        x: (N, d) rows; labels: (N,) labels, all in `classes`; classes: (C,) sorted class ids.
+        width: minimal padded width.
+    Returns:
+        (C, m, d) rows, bool (C, m) mask of real rows, (C,) counts; m = max(largest count, width).
+    """
+    pos = torch.searchsorted(classes, labels)
+    order = torch.argsort(pos, stable=True)
+    pos = pos[order]
+    counts = torch.bincount(pos, minlength=len(classes))
+    within = torch.arange(len(pos), device=x.device) - (torch.cumsum(counts, 0) - counts)[pos]
+    m = max(int(counts.max()) if len(pos) else 0, width)
+    out = x.new_zeros(len(classes), m, x.shape[1])
+    mask = torch.zeros(len(classes), m, dtype=torch.bool, device=x.device)
+    out[pos, within], mask[pos, within] = x[order], True
+    return out, mask, counts
+
+
+def fingerprint(*tensors: torch.Tensor) -> tuple:
+    """A cheap content key for `task.cache`: shapes and float64 sums of row sums and row norms."""
+    key = []
+    for t in tensors:
+        t = t.detach().float()
+        t = t.flatten(1) if t.dim() > 1 else t[:, None]
+        norms = torch.linalg.vector_norm(t, dim=-1)
+        key += [tuple(t.shape), float(t.sum(-1).double().sum()), float(norms.double().sum())]
+    return tuple(key)
+
+
+def chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """fn applied to x in chunks of `rows` rows (bounds the memory of (N, K) distance matrices)."""
+    return torch.cat([fn(x[i:i + rows]) for i in range(0, len(x), rows)]) if len(x) else fn(x)
+
+
+def plan_new_rows(labels: torch.Tensor, max_per_label: int, gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Which new rows to make: M − m for each label with m < M real rows, none for the others.
+
+    Each new row gets a seed example drawn uniformly (with replacement) among the real rows of its
+    label, as H&G's `do_generate` does. Draws come from `gen` (a CPU generator), so the plan does
+    not depend on the device.
+
+    Args:
+        labels: int tensor of shape (n,), the labels of the real rows.
+        max_per_label: M.
+        gen: seeded CPU `torch.Generator`.
+
+    Returns:
+        (seed_rows, new_labels): int64 indices into the real rows and the labels of the new rows,
+        both of shape (Σ max(0, M − m),) on the device of `labels`, grouped by ascending label.
+    """
+    classes, counts = torch.unique(labels.cpu(), return_counts=True)
+    need = (max_per_label - counts).clamp(min=0)
+    new_labels = torch.repeat_interleave(classes, need)
+    order = torch.argsort(labels.cpu(), stable=True)  # real rows grouped by ascending label
+    first = torch.cumsum(counts, 0) - counts
+    owner = torch.repeat_interleave(torch.arange(len(classes)), need)
+    pick = (torch.rand(len(owner), generator=gen, dtype=torch.float64) * counts[owner]).long()
+    seed_rows = order[first[owner] + pick.clamp(max=counts[owner] - 1)]
+    return seed_rows.to(labels.device), new_labels.to(labels.device, labels.dtype)
+
+
+# --- shared by the transductive episode heads (bd_cspn, laplacian_shot, tim, pt_map, transductive_ft) ---
+
+FEATURES = ("l2", "cl2n", "power", "none")
+
+
+def base_centre(rows: torch.Tensor, labels, task, head: str, hint: str = "choose another feature preprocessing"
+                ) -> torch.Tensor:
+    """SimpleShot's centre (E, d) of E training sets rows (E, N, d): the mean of their base rows.
+
+    With labels (N,) holding base classes (a benchmark cell) it is the mean of those rows; with
+    labels None (an episode: no base rows) it is `task.base_mean`, or an `InputError` ending in `hint`.
+    """
+    is_base = split_base(labels, task)[1] if labels is not None else None
+    if is_base is not None and is_base.any():
+        return rows[:, is_base].mean(1)
+    if task.base_mean is None:
+        raise InputError(None, f"head '{head}' centres on the base classes' mean train feature and has none here "
+                               f"(episodes read it from the run's train.hdf5); {hint}")
+    return task.base_mean.to(rows).expand(rows.shape[0], -1)
+
+
+def power_transform(x: torch.Tensor, beta: float = 0.5, eps: float = 1e-6) -> torch.Tensor:
+    """PT-MAP's (x + ε)^β, elementwise; negative entries (features that are not ReLU outputs) get −(−x + ε)^β."""
+    return torch.where(x >= 0, (x + eps).pow(beta), -(eps - x).pow(beta))
+
+
+def preprocess(x: torch.Tensor, how: str, centre=None, beta: float = 0.5) -> torch.Tensor:
+    """Features (..., d) prepared as a paper prescribes.
+
+    `l2`: unit rows; `cl2n`: minus `centre` (broadcastable to x, the base mean), then unit rows
+    (SimpleShot); `power`: `power_transform` with exponent β, then unit rows (PT-MAP); `none`: as is.
+    """
+    if how not in FEATURES:
+        raise InputError(None, f"unknown feature preprocessing {how!r}; choose one of: {', '.join(FEATURES)}")
+    if how == "none":
+        return x
+    if how == "power":
+        return l2_normalise(power_transform(x, beta))
+    return l2_normalise(x - centre if how == "cl2n" else x)
+
+
+def one_hot_means(rows: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Class means (E, k, d) of E sets rows (E, N, d) sharing labels (N,) in 0..k−1."""
+    onehot = F.one_hot(labels, k).to(rows)
+    return (onehot / onehot.sum(0)).t() @ rows
+
+
+def rectify_prototypes(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, k: int,
+                       eps: float = 10.0) -> torch.Tensor:
+    """BD-CSPN's rectified prototypes (E, k, d) (Liu, Song & Qin, ECCV 2020, arXiv 1911.10713).
+
+    Queries (E, Q, d) are shifted by mean(support) − mean(query) (bias diminishing), labelled by
+    their nearest support mean (cosine), and each prototype is the sum of its class's support rows
+    (E, N, d; labels (N,)) and pseudo-labelled queries weighted by softmax(ε · cos to the mean) over them.
+    """
+    means = one_hot_means(support, labels, k)
+    shifted = query + support.mean(1, keepdim=True) - query.mean(1, keepdim=True)
+    rows = torch.cat([support, shifted], 1)
+    cos = l2_normalise(rows) @ l2_normalise(means).transpose(1, 2)  # (E, N + Q, k)
+    member = torch.cat([F.one_hot(labels, k).to(rows).expand(len(rows), -1, -1),
+                        F.one_hot(cos[:, len(labels):].argmax(-1), k).to(rows)], 1)
+    weight = torch.exp(eps * cos) * member
+    return (weight / weight.sum(1, keepdim=True)).transpose(1, 2) @ rows
+
+
+def sinkhorn(kernel: torch.Tensor, col_mass: float, tol: float = 1e-6, max_iter: int = 1000) -> torch.Tensor:
+    """Scale kernel (E, Q, K) to rows summing to 1 and columns to `col_mass` (Sinkhorn-Knopp).
+
+    Each of the E problems stops on its own, after the first scaling that moves its row sums by
+    less than `tol`; later iterations compute only the problems still running. A batch thus gives
+    the same plans as one problem at a time, at the cost of its slowest problem's iterations.
+    """
+    plan = kernel / kernel.sum((1, 2), keepdim=True)
+    active = torch.arange(len(plan), device=plan.device)
+    for _ in range(max_iter):
+        now = plan[active]
+        rows = now.sum(2, keepdim=True)
+        step = now / (rows + 1e-10)
+        step = step * (col_mass / (step.sum(1, keepdim=True) + 1e-10))
+        plan[active] = step
+        active = active[(rows - step.sum(2, keepdim=True)).abs().amax((1, 2)) >= tol]
+        if not len(active):
+            break
+    return plan
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (...) of distributions p (..., K) along the last axis, in nats."""
+    return -(p * torch.log(p + 1e-12)).sum(-1)
+
+
+def adam_minimise(params, loss: Callable[[], torch.Tensor], steps: int, lr: float) -> None:
+    """`steps` full-batch Adam steps on `params` (leaf tensors with requires_grad) minimising loss().
+
+    Adam acts elementwise, so with a loss summed over E episodes each episode's parameters follow
+    exactly the path they would alone.
+    """
+    opt = torch.optim.Adam(params, lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            loss().backward()
+            opt.step()

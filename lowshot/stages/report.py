@@ -1,0 +1,119 @@
+"""Stage 5: tables and plots from result JSONs (the H&G README tables, with 95 % intervals)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import pandas as pd
+
+from lowshot.errors import InputError
+from lowshot.io.atomic import atomic_path
+from lowshot.io.results import (
+    GROUP,
+    METRICS,
+    check_same_inputs,
+    long_table,
+    missing_cells,
+    read_results,
+)
+from lowshot.io.tables import (
+    comparison_tables,
+    format_mean_ci,
+    hg_tables,
+    markdown_table,
+    paired_difference,
+    summary,
+    write_csv,
+)
+from lowshot.stages.report_classes import per_class_report
+
+
+@dataclass
+class ReportConfig:
+    results: List[str] = field(default_factory=lambda: ["runs/demo/results"])
+    out_dir: Optional[str] = None  # default: the first results folder's parent / "report"
+    compare: Optional[List[str]] = None  # two method names: paired differences
+    plot: bool = True
+
+
+def _check_unique(df: pd.DataFrame) -> None:
+    dup = df[df.duplicated(GROUP + ["n", "expid"], keep=False)]
+    if len(dup):
+        d = dup.iloc[0]
+        raise InputError(None, f"two results for {d['method']} n={d['n']} exp={d['expid']} with different options "
+                               f"({', '.join(sorted(set(dup['head_params'])))}); report their folders separately")
+
+
+def plot(summ: pd.DataFrame, path: Path) -> None:
+    """Accuracy against n, one line per method with its shaded 95 % interval, one panel per metric."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ["top1_novel", "top5_novel", "top1_base", "top1_all"]
+    lines = sorted(set(zip(summ["representation"], summ["method"])))
+    colours = {key: plt.cm.tab20(i % 20) for i, key in enumerate(lines)}  # 20 distinct colours, not 10
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharex=True)
+    for ax, m in zip(axes, panels):
+        for (rep, method), g in summ[summ["metric"] == m].groupby(["representation", "method"]):
+            g = g.sort_values("n")
+            colour = colours[(rep, method)]
+            ax.plot(g["n"], g["mean"], marker="o", ms=3, color=colour, label=f"{rep} / {method}")
+            ax.fill_between(g["n"], g["mean"] - g["ci95"].fillna(0), g["mean"] + g["ci95"].fillna(0),
+                            color=colour, alpha=0.2)
+        ax.set(xscale="log", xticks=[1, 2, 5, 10, 20], xticklabels=["1", "2", "5", "10", "20"],
+               xlabel="shots per novel class (n)", ylabel=f"{m} (%)", title=m)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def report(cfg: ReportConfig) -> str:
+    """Write CSVs (+ plot) under `out_dir` and return the markdown tables."""
+    results = [r for d in cfg.results for r in _read_dir(d)]
+    check_same_inputs(results)
+    df = long_table(results)
+    _check_unique(df)
+    summ = summary(df)
+    out = Path(cfg.out_dir or Path(cfg.results[0]).parent / "report")
+    write_csv(df, out / "results_long.csv")
+    write_csv(summ, out / "summary.csv")
+    for m in METRICS:
+        g = summ[summ["metric"] == m]
+        if len(g):
+            write_csv(g.pivot_table(index=["representation", "method", "setup"], columns="n", values=["mean", "ci95"]).reset_index()
+                       .pipe(_flatten), out / f"table_{m}.csv")
+    text = [hg_tables(summ)]
+    if df["method"].nunique() > 1 or df["representation"].nunique() > 1:
+        text.append("## Comparison across methods (mean ± 95 % interval over experiments, %)\n\n" + comparison_tables(summ))
+    if cfg.compare:
+        diff = paired_difference(df, *cfg.compare)
+        write_csv(diff, out / "compare.csv")
+        text.append(f"## Paired difference {cfg.compare[0]} − {cfg.compare[1]} (points)\n\n" + markdown_table(
+            diff.assign(cell=[format_mean_ci(a, c) for a, c in zip(diff["difference"], diff["ci95"])])
+            .pivot(index="n", columns="metric", values="cell")))
+    lack = missing_cells(df)
+    if lack:
+        text.append("**Missing cells** (means above use only the experiments present):\n" + "\n".join(f"- {x}" for x in lack))
+    if cfg.plot:
+        plot(summ, out / "accuracy_vs_n.png")
+    text += per_class_report(results, out, cfg.plot)
+    text.append(f"CSV tables and plot written to {out}/")
+    return "\n\n".join(text)
+
+
+def _flatten(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns ("mean", n) -> "n<n>", ("ci95", n) -> "ci95_n<n>", (key, "") -> key."""
+    names = {"mean": "n{}", "ci95": "ci95_n{}"}
+    df.columns = [names[a].format(b) if b != "" else a for a, b in df.columns]
+    return df
+
+
+def _read_dir(d: str) -> List[dict]:
+    if not Path(d).is_dir():
+        raise InputError(d, "results folder not found (run `lowshot benchmark` first)")
+    return read_results(d)
