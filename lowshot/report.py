@@ -234,6 +234,8 @@ def report(cfg: ReportConfig) -> str:
         plot(summ, out / "accuracy_vs_n.png")
     from lowshot.report_classes import per_class_report  # here: that module imports this one
     text += per_class_report(results, out, cfg.plot)
+    with atomic_path(out / "report.md") as tmp:  # stdout less its last line (a local path)
+        tmp.write_text("\n\n".join(text) + "\n")
     text.append(f"CSV tables and plot written to {out}/")
     return "\n\n".join(text)
 
