@@ -14,7 +14,7 @@ SEED   ?= 0
 # torch/torchvision known to work together on this machine (setup.cfg holds lower bounds only)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test data train features generate train-matching train-weight-generator train-pmn weight-generator pmn benchmark benchmark-slow benchmark-gen episodes report baselines representations objectives incremental incremental-cifar100 clean-demo
+.PHONY: install demo test docs docs-results data train features generate train-matching train-weight-generator train-pmn weight-generator pmn benchmark benchmark-slow benchmark-gen episodes report baselines representations objectives incremental incremental-cifar100 clean-demo
 
 install: $(VENV)/.installed
 
@@ -87,6 +87,16 @@ demo: train features
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# the documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or anchor, or a page left out of
+# the nav, fails the build
+docs: install
+	$(BIN)/python -m mkdocs build --strict -d site
+
+# the tables the docs include (docs/results/demo/report.md, the markdown `lowshot report` prints), from the demo's
+# results: run it after `make demo`; only report.md is committed
+docs-results: install
+	$(LOWSHOT) report $(RUN)/results --out docs/results/demo
 
 # the README's reference rows: raw pixels and a randomly initialised network through the same grid
 baselines: data

@@ -26,6 +26,7 @@ def test_tiny_pipeline_end_to_end(tiny_project):
     assert rep.exit_code == 0 and "| 2 |" in rep.output and "Novel top-1" in rep.output
     for name in ("results_long.csv", "table_top1_novel.csv", "accuracy_vs_n.png"):
         assert (Path("runs/tiny/report") / name).exists()
+    assert Path("runs/tiny/report/report.md").read_text().strip() in rep.output  # the markdown, for the docs
 
 
 def test_slurm_array_task_id_selects_the_experiment(feature_project, monkeypatch):

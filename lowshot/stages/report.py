@@ -102,6 +102,8 @@ def report(cfg: ReportConfig) -> str:
     if cfg.plot:
         plot(summ, out / "accuracy_vs_n.png")
     text += per_class_report(results, out, cfg.plot)
+    with atomic_path(out / "report.md") as tmp:  # stdout less its last line (a local path)
+        tmp.write_text("\n\n".join(text) + "\n")
     text.append(f"CSV tables and plot written to {out}/")
     return "\n\n".join(text)
 
