@@ -13,7 +13,8 @@ from test_episodes import NOVEL, run  # noqa: F401 (fixture)
 
 from lowshot.errors import InputError
 from lowshot.heads import HEADS, Task
-from lowshot.heads.maths import power_transform, preprocess, sinkhorn
+from lowshot.heads._rows import prepared
+from lowshot.heads.maths import power_transform, sinkhorn
 from lowshot.protocols.episodes import (
     EpisodesConfig,
     dirichlet_counts,
@@ -34,10 +35,10 @@ def episode(e: int = 3, w: int = 4, s: int = 2, q: int = 6, d: int = 8, seed: in
 
 
 def test_sinkhorn_plans_have_the_asked_marginals():
-    kernel = torch.rand(3, 12, 4, generator=torch.Generator().manual_seed(0)) + 0.01
+    kernel = torch.rand(3, 4, 12, generator=torch.Generator().manual_seed(0)) + 0.01  # (E, classes, queries)
     plan = sinkhorn(kernel, 3.0)
-    assert torch.allclose(plan.sum(2), torch.ones(3, 12), atol=1e-4)
-    assert torch.allclose(plan.sum(1), torch.full((3, 4), 3.0), atol=1e-4)
+    assert torch.allclose(plan.sum(1), torch.ones(3, 12), atol=1e-4)
+    assert torch.allclose(plan.sum(2), torch.full((3, 4), 3.0), atol=1e-4)
     one = sinkhorn(kernel[1:2], 3.0)  # a problem alone stops where it stops in the batch
     assert torch.equal(one[0], plan[1])
 
@@ -53,7 +54,7 @@ def test_power_features_are_the_papers_transform():
     x = torch.tensor([[0.0, 4.0, 9.0]])
     root = torch.tensor([[1e-3, 2.0, 3.0]])
     assert torch.allclose(power_transform(x), root, atol=1e-6)
-    assert torch.allclose(preprocess(x, "power"), F.normalize(root, dim=1), atol=1e-6)
+    assert torch.allclose(prepared(x[None], "power").values()[0], F.normalize(root, dim=1), atol=1e-6)
     assert torch.allclose(power_transform(-x[:, 1:]), -root[:, 1:], atol=1e-6)  # odd extension, non-ReLU features
 
 
@@ -90,8 +91,8 @@ def test_laplacian_term_pulls_a_query_to_its_neighbours_class():
     s = torch.tensor([[[[0.0, 0.0]], [[4.0, 0.0]]]])  # class means at x = 0 and x = 4
     q = torch.tensor([[[1.9, 0.0], [3.0, 0.0], [3.2, 0.0], [0.0, 0.2], [0.2, 0.0]]])
     task = Task(2, np.zeros(0, np.int64), np.arange(2))
-    alone = HEADS.create("laplacian_shot", lam=0.0, knn=2, rectify=False, features="none")
-    joint = HEADS.create("laplacian_shot", lam=3.0, knn=2, rectify=False, features="none")
+    alone = HEADS.create("laplacian_shot", lam=0.0, knn=3, rectify=False, features="none")
+    joint = HEADS.create("laplacian_shot", lam=3.0, knn=3, rectify=False, features="none")  # 2 neighbours
     assert alone.episode_scores(s, q, task)[0, 0].argmax() == 0  # nearer the mean at 0 ...
     assert joint.episode_scores(s, q, task)[0, 0].argmax() == 1  # ... but its neighbours are class 1
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 import torch
 
 from lowshot.heads.base import Head, Task
-from lowshot.heads.maths import base_centre, preprocess
+from lowshot.heads._rows import Rows, prepared
+from lowshot.heads.maths import base_centre
 
 
 class TransductiveHead(Head):
     """Base class: support stored by `fit`, transduction in `scores` and `episode_scores`.
 
     Subclasses set `name` (the registry key, for messages), `features` (an `__init__` argument: see
-    `_common.preprocess`) and implement `transduce`.
+    `_rows.prepared`) and implement `transduce`.
     """
 
     episodic = True
@@ -51,9 +52,9 @@ class TransductiveHead(Head):
         labels = torch.arange(w, device=support.device).repeat_interleave(s)
         return self.transduce(rows, labels, query.float(), w, self._centre(rows, None, task))
 
-    def prepare(self, x: torch.Tensor, centre) -> torch.Tensor:
-        """Rows x (E, N, d) preprocessed as `features` says; centre (E, d) or None."""
-        return preprocess(x, self.features, None if centre is None else centre[:, None], self.beta)
+    def prepare(self, x: torch.Tensor, centre) -> Rows:
+        """Rows x (E, N, d) preprocessed as `features` says (`Rows`: not written out); centre (E, d) or None."""
+        return prepared(x, self.features, None if centre is None else centre[:, None], self.beta)
 
     def transduce(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, k: int,
                   centre) -> torch.Tensor:

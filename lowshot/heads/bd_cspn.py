@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from lowshot.heads.base import HEADS
+from lowshot.heads._rows import rectify_prototypes
 from lowshot.heads._transductive import TransductiveHead
-from lowshot.heads.maths import l2_normalise, rectify_prototypes
+from lowshot.heads.maths import l2_normalise
 
 
 @HEADS.register("bd_cspn")
@@ -18,10 +19,11 @@ class BDCSPN(TransductiveHead):
     support rows and pseudo-labelled queries, weighted by softmax(ε · cosine to the support mean)
     over them (intra-class bias). Queries are scored by their cosine to the rectified prototypes.
 
-    Hyper-parameters: `eps` = ε = 10 (the paper's); `features` = "l2" (cosine features; "none" sums
-    the raw rows, as the paper's network gives them; "cl2n", "power" as in `_common.preprocess`).
-    Follows the library (easyfsl) rather than the paper in one point: every pseudo-labelled query
-    joins its class, where the paper adds the top-Z most confident ones per class.
+    Hyper-parameters: `eps` = ε (the softmax's inverse temperature; the paper's 10, the library's
+    easyfsl exp(cos), i.e. 1; the default is chosen on setup 1, docs/heads.md); `features` = "l2"
+    (cosine features; "none" sums the raw rows, as the paper's network gives them; "cl2n", "power" as
+    in `_rows.prepared`). Follows the library (easyfsl) rather than the paper in one point: every
+    pseudo-labelled query joins its class, where the paper adds the top-Z most confident ones per class.
     Assumes the support and query sets share their classes (the shift moves the query mean onto
     the support mean). Returns cosines in [−1, 1].
     """
@@ -36,5 +38,5 @@ class BDCSPN(TransductiveHead):
                   centre) -> torch.Tensor:
         """Cosines (E, Q, k) of queries (E, Q, d) to the prototypes rectified from support (E, N, d), labels (N,)."""
         support, query = self.prepare(support, centre), self.prepare(query, centre)
-        protos = rectify_prototypes(support, labels, query, k, self.eps)
-        return l2_normalise(query) @ l2_normalise(protos).transpose(1, 2)
+        protos = l2_normalise(rectify_prototypes(support, labels, query, k, self.eps))
+        return (query.dots(protos) / query.sq.sqrt().clamp_min(1e-12)[:, None]).transpose(1, 2)

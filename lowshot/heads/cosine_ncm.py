@@ -5,7 +5,7 @@ import torch
 
 from lowshot.errors import InputError
 from lowshot.heads.base import HEADS, Head, Task
-from lowshot.heads.maths import base_centre, class_means, l2_normalise, mask_absent
+from lowshot.heads.maths import base_centre, class_means, dots, l2_normalise, mask_absent, sq_norms
 
 CENTRES = ("base", "support", "none")
 
@@ -45,10 +45,25 @@ class CosineNCM(Head):
         return mask_absent(z @ self.means_.t(), self.present_)
 
     def episode_scores(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
-        """Scores (E, Q, W) of a batch of episodes: support (E, W, S, d), query (E, Q, d)."""
-        centre = self._centre(support.flatten(1, 2), None, task)[:, None]  # (E, 1, d)
-        means = l2_normalise(l2_normalise(support - centre[:, :, None]).mean(2))
-        return l2_normalise(query - centre) @ means.transpose(1, 2)
+        """Cosines (E, Q, W) of a batch of episodes: support (E, W, S, d), query (E, Q, d).
+
+        cos(x − c, m) = (x·m − c·m) / ‖x − c‖ with ‖x − c‖² = ‖x‖² − 2x·c + ‖c‖²: one product of the
+        queries with [m; c], without writing out the centred queries.
+        """
+        centre, means = self._episode_means(support, task)
+        qd = dots(torch.cat([means, centre], 1), query)  # (E, W + 1, Q)
+        norm = (sq_norms(query) - 2 * qd[:, -1] + sq_norms(centre)).clamp_min(0).sqrt().clamp_min(1e-12)
+        return ((qd[:, :-1] - dots(means, centre)) / norm[:, None]).transpose(1, 2)
+
+    def episode_predictions(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
+        """Nearest class (E, Q): the arg-max of x·m − c·m, which drops 1 / ‖x − c‖ (the same for every class)."""
+        centre, means = self._episode_means(support, task)
+        return torch.baddbmm(-dots(means, centre), means, query.transpose(1, 2)).max(1).indices
+
+    def _episode_means(self, support: torch.Tensor, task: Task):
+        """Each episode's centre (E, 1, d) and unit class means (E, W, d) of its centred, normalised support."""
+        centre = self._centre(support.flatten(1, 2), None, task)[:, None]
+        return centre, l2_normalise(l2_normalise(support - centre[:, :, None]).mean(2))
 
     def _centre(self, rows: torch.Tensor, labels, task: Task) -> torch.Tensor:
         """The centre (E, d) of E training sets rows (E, N, d) with labels (N,) (None: no base rows)."""

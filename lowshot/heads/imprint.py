@@ -10,9 +10,11 @@ from lowshot.heads.maths import (
     base_rows,
     class_means,
     cosine_scale,
+    dots,
     l2_normalise,
     mask_absent,
     split_base,
+    sq_norms,
 )
 
 
@@ -61,6 +63,12 @@ class Imprint(Head):
         return mask_absent(s, self.present_)
 
     def episode_scores(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
-        """Scores (E, Q, W) of a batch of episodes: support (E, W, S, d), query (E, Q, d)."""
+        """s · cos (E, Q, W) of a batch of episodes: support (E, W, S, d), query (E, Q, d)."""
         rows = l2_normalise(l2_normalise(support).mean(2))
-        return cosine_scale(task, "imprint") * l2_normalise(query) @ rows.transpose(1, 2)
+        norm = sq_norms(query).sqrt().clamp_min(1e-12)[:, None]
+        return (cosine_scale(task, "imprint") * dots(rows, query) / norm).transpose(1, 2)
+
+    def episode_predictions(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
+        """Arg-max (E, Q) of s · x·w, which drops 1 / ‖x‖ (the same for every class)."""
+        rows = cosine_scale(task, "imprint") * l2_normalise(l2_normalise(support).mean(2))
+        return dots(rows, query).max(1).indices

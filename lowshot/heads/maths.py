@@ -155,22 +155,8 @@ def base_centre(rows: torch.Tensor, labels, task, head: str, hint: str = "choose
 
 def power_transform(x: torch.Tensor, beta: float = 0.5, eps: float = 1e-6) -> torch.Tensor:
     """PT-MAP's (x + ε)^β, elementwise; negative entries (features that are not ReLU outputs) get −(−x + ε)^β."""
-    return torch.where(x >= 0, (x + eps).pow(beta), -(eps - x).pow(beta))
-
-
-def preprocess(x: torch.Tensor, how: str, centre=None, beta: float = 0.5) -> torch.Tensor:
-    """Features (..., d) prepared as a paper prescribes.
-
-    `l2`: unit rows; `cl2n`: minus `centre` (broadcastable to x, the base mean), then unit rows
-    (SimpleShot); `power`: `power_transform` with exponent β, then unit rows (PT-MAP); `none`: as is.
-    """
-    if how not in FEATURES:
-        raise InputError(None, f"unknown feature preprocessing {how!r}; choose one of: {', '.join(FEATURES)}")
-    if how == "none":
-        return x
-    if how == "power":
-        return l2_normalise(power_transform(x, beta))
-    return l2_normalise(x - centre if how == "cl2n" else x)
+    y = x.abs().add_(eps).pow_(beta)
+    return torch.where(x < 0, -y, y)
 
 
 def one_hot_means(rows: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -179,26 +165,24 @@ def one_hot_means(rows: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Ten
     return (onehot / onehot.sum(0)).t() @ rows
 
 
-def rectify_prototypes(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, k: int,
-                       eps: float = 10.0) -> torch.Tensor:
-    """BD-CSPN's rectified prototypes (E, k, d) (Liu, Song & Qin, ECCV 2020, arXiv 1911.10713).
+def sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norms (...) of the rows of x (..., d), in one pass over x (no (..., d) temporary)."""
+    return torch.linalg.vector_norm(x, dim=-1).square()
 
-    Queries (E, Q, d) are shifted by mean(support) − mean(query) (bias diminishing), labelled by
-    their nearest support mean (cosine), and each prototype is the sum of its class's support rows
-    (E, N, d; labels (N,)) and pseudo-labelled queries weighted by softmax(ε · cos to the mean) over them.
+
+def dots(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Dot products (E, K, N) of a few vectors a (E, K, d) with rows x (E, N, d), class-major.
+
+    The batched episode heads keep (E, classes, rows) layouts: a product with K ≪ N is faster as
+    a @ xᵀ, and softmax or max over a short class axis is 5–10× faster along dim 1 of (E, K, N)
+    than along the last axis of (E, N, K) on a CPU.
     """
-    means = one_hot_means(support, labels, k)
-    shifted = query + support.mean(1, keepdim=True) - query.mean(1, keepdim=True)
-    rows = torch.cat([support, shifted], 1)
-    cos = l2_normalise(rows) @ l2_normalise(means).transpose(1, 2)  # (E, N + Q, k)
-    member = torch.cat([F.one_hot(labels, k).to(rows).expand(len(rows), -1, -1),
-                        F.one_hot(cos[:, len(labels):].argmax(-1), k).to(rows)], 1)
-    weight = torch.exp(eps * cos) * member
-    return (weight / weight.sum(1, keepdim=True)).transpose(1, 2) @ rows
+    return a @ x.transpose(1, 2)
 
 
 def sinkhorn(kernel: torch.Tensor, col_mass: float, tol: float = 1e-6, max_iter: int = 1000) -> torch.Tensor:
-    """Scale kernel (E, Q, K) to rows summing to 1 and columns to `col_mass` (Sinkhorn-Knopp).
+    """Scale kernel (E, K, Q) (class-major: K classes, Q queries) so that every query's K entries sum to 1
+    and every class's Q entries to `col_mass` (Sinkhorn-Knopp).
 
     Each of the E problems stops on its own, after the first scaling that moves its row sums by
     less than `tol`; later iterations compute only the problems still running. A batch thus gives
@@ -208,11 +192,11 @@ def sinkhorn(kernel: torch.Tensor, col_mass: float, tol: float = 1e-6, max_iter:
     active = torch.arange(len(plan), device=plan.device)
     for _ in range(max_iter):
         now = plan[active]
-        rows = now.sum(2, keepdim=True)
+        rows = now.sum(1, keepdim=True)
         step = now / (rows + 1e-10)
-        step = step * (col_mass / (step.sum(1, keepdim=True) + 1e-10))
+        step = step * (col_mass / (step.sum(2, keepdim=True) + 1e-10))
         plan[active] = step
-        active = active[(rows - step.sum(2, keepdim=True)).abs().amax((1, 2)) >= tol]
+        active = active[(rows - step.sum(1, keepdim=True)).abs().amax((1, 2)) >= tol]
         if not len(active):
             break
     return plan
@@ -223,15 +207,23 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p + 1e-12)).sum(-1)
 
 
-def adam_minimise(params, loss: Callable[[], torch.Tensor], steps: int, lr: float) -> None:
-    """`steps` full-batch Adam steps on `params` (leaf tensors with requires_grad) minimising loss().
+def adam_descent(params, gradients: Callable[[], list], steps: int, lr: float) -> None:
+    """`steps` full-batch steps of `torch.optim.Adam` (default betas and ε) on `params`, in place.
 
+    `gradients()` returns the gradient of the loss for each parameter at their current values
+    (computed by hand: at an episode's size autograd's bookkeeping costs more than the maths). The
+    update is torch's own Adam, so it matches an autograd loop with `torch.optim.Adam` step for step.
     Adam acts elementwise, so with a loss summed over E episodes each episode's parameters follow
     exactly the path they would alone.
     """
     opt = torch.optim.Adam(params, lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            opt.zero_grad()
-            loss().backward()
-            opt.step()
+    for _ in range(steps):
+        for p, g in zip(params, gradients()):
+            p.grad = g
+        opt.step()
+
+
+def entropy_gradient(p: torch.Tensor, log_p: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """∂H(softmax(z))/∂z = −p ⊙ (log p + H) for distributions p (softmax of z) along `dim`."""
+    h = -(p * log_p).sum(dim, keepdim=True)
+    return -p * (log_p + h)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from lowshot.heads.base import HEADS, Head, Task
-from lowshot.heads.maths import chunked, class_means, mask_absent, sq_distances
+from lowshot.heads.maths import chunked, class_means, dots, mask_absent, sq_distances, sq_norms
 
 
 @HEADS.register("protonet")
@@ -34,5 +34,12 @@ class ProtoNet(Head):
         return mask_absent(s, self.present_)
 
     def episode_scores(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
-        """Scores (E, Q, W) of a batch of episodes: support (E, W, S, d), query (E, Q, d)."""
-        return -sq_distances(query, support.mean(2))
+        """−d² (E, Q, W) of a batch of episodes: support (E, W, S, d), query (E, Q, d)."""
+        means = support.mean(2)
+        d2 = sq_norms(query)[:, None] - 2 * dots(means, query) + sq_norms(means)[..., None]
+        return -d2.clamp_min(0).transpose(1, 2)
+
+    def episode_predictions(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
+        """Nearest prototype (E, Q): the arg-max of 2x·c − ‖c‖², which drops −‖x‖² (the same for every class)."""
+        means = support.mean(2)
+        return torch.baddbmm(-sq_norms(means)[..., None], means, query.transpose(1, 2), alpha=2).max(1).indices

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from lowshot.heads.base import HEADS
 from lowshot.heads._transductive import TransductiveHead
-from lowshot.heads.maths import one_hot_means, sinkhorn, sq_distances
+from lowshot.heads.maths import dots, one_hot_means, sinkhorn, sq_norms
 
 
 @HEADS.register("pt_map")
@@ -37,19 +37,18 @@ class PTMAP(TransductiveHead):
     def transduce(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, k: int,
                   centre) -> torch.Tensor:
         """Soft labels (E, Q, k) of queries (E, Q, d) given support (E, N, d) with labels (N,) in 0..k−1."""
-        support, query = self.prepare(support, centre), self.prepare(query, centre)
-        onehot = F.one_hot(labels, k).to(support).expand(len(support), -1, -1)
-        centres = one_hot_means(support, labels, k)
-        rows = torch.cat([support, query], 1)
+        rows = self.prepare(torch.cat([support, query], 1), centre).values()  # (E, N + Q, d)
+        n = len(labels)
+        query, sq = rows[:, n:], sq_norms(rows[:, n:])
+        onehot = F.one_hot(labels, k).to(rows).t().expand(len(rows), -1, -1)  # (E, k, N)
+        centres = one_hot_means(rows[:, :n], labels, k)
         for _ in range(self.iterations):
-            plan = self._plan(query, centres)
-            mass = torch.cat([onehot, plan], 1)  # (E, N + Q, k)
-            target = (mass.transpose(1, 2) @ rows) / mass.sum(1)[..., None]
-            centres = centres + self.alpha * (target - centres)
-        return self._plan(query, centres)
+            mass = torch.cat([onehot, self._plan(query, sq, centres)], 2)  # (E, k, N + Q)
+            centres = centres + self.alpha * (mass @ rows / mass.sum(2, keepdim=True) - centres)
+        return self._plan(query, sq, centres).transpose(1, 2)
 
-    def _plan(self, query: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-        """Sinkhorn soft labels (E, Q, k) of queries (E, Q, d) for centres (E, k, d)."""
-        cost = sq_distances(query, centres)
-        cost = cost - cost.amin(-1, keepdim=True)  # a per-row factor: same plan, no underflow
+    def _plan(self, query: torch.Tensor, sq: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """Sinkhorn soft labels (E, k, Q) of queries (E, Q, d) (squared norms sq (E, Q)) for centres (E, k, d)."""
+        cost = sq[:, None] - 2 * dots(centres, query) + sq_norms(centres)[..., None]
+        cost = cost - cost.amin(1, keepdim=True)  # a per-query factor: same plan, no underflow
         return sinkhorn(torch.exp(-self.lam * cost), query.shape[1] / centres.shape[1])

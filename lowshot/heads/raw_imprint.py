@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from lowshot.heads.base import HEADS, Head, Task
-from lowshot.heads.maths import base_rows, class_means, mask_absent, split_base
+from lowshot.heads.maths import base_rows, class_means, dots, mask_absent, split_base
 
 
 @HEADS.register("raw_imprint")
@@ -42,4 +42,4 @@ class RawImprint(Head):
 
     def episode_scores(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
         """Scores (E, Q, W) of a batch of episodes: support (E, W, S, d), query (E, Q, d)."""
-        return query @ support.mean(2).transpose(1, 2)
+        return dots(support.mean(2), query).transpose(1, 2)

@@ -6,7 +6,8 @@ import torch
 from lowshot.errors import InputError
 from lowshot.heads.base import HEADS, Head, Task
 from lowshot.heads._kmeans import cluster_classes, setup_clusters
-from lowshot.heads.maths import chunked, generator, l2_normalise, sq_distances
+from lowshot.heads._rows import Rows
+from lowshot.heads.maths import chunked, generator, l2_normalise, sq_norms
 
 REDUCTIONS = ("max", "sum", "mean")
 
@@ -75,13 +76,26 @@ class RepMet(Head):
     def episode_scores(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
         """Scores (E, Q, W) of a batch of episodes: support (E, W, S, d), query (E, Q, d)."""
         self._check_reduce()
+        reps, valid = self._episode_reps(support, task)  # (E, W, k', d), (E, W, k')
+        q = Rows.of(query)  # unit queries, not written out
+        d2 = q.sq[:, None] - 2 * q.dots(reps.flatten(1, 2)) + sq_norms(reps).flatten(1)[..., None]
+        logit = (-d2 / (2 * self.sigma ** 2)).view(*valid.shape, -1)  # (E, W, k', Q), class-major
+        logit = logit.masked_fill(~valid[..., None], float("-inf"))
+        per_class = logit.amax(2) if self.reduce == "max" else logit.logsumexp(2)
+        if self.reduce == "mean":
+            per_class = per_class - valid.sum(-1, keepdim=True).clamp(min=1).log()
+        return per_class.log_softmax(1).transpose(1, 2)
+
+    def _episode_reps(self, support: torch.Tensor, task: Task):
+        """Unit representatives (E, W, k', d) and which are real (E, W, k'): the shots when S ≤ k (no draw), else
+        the k-means of each class's shots (k' = k; seeded by the task, one generator for the batch)."""
         (e, w, s, d), z = support.shape, l2_normalise(support)
+        if s <= self.k:
+            return z, torch.ones(e, w, s, dtype=torch.bool, device=z.device)
         groups = torch.arange(e * w, device=z.device)
         gen = generator(task.seed, z.device)
         reps, valid, _ = cluster_classes(z.reshape(-1, d), groups.repeat_interleave(s), groups, self.k, self.iters, gen)
-        d2 = sq_distances(l2_normalise(query), l2_normalise(reps).view(e, -1, d)).view(e, query.shape[1], w, -1)
-        logit = (-d2 / (2 * self.sigma ** 2)).masked_fill(~valid.view(e, 1, w, -1), float("-inf"))
-        return mode_log_posterior(logit, valid.sum(-1).view(e, 1, w), self.reduce)
+        return l2_normalise(reps).view(e, w, -1, d), valid.view(e, w, -1)
 
     def _check_reduce(self) -> None:
         if self.reduce not in REDUCTIONS:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from lowshot.heads.base import HEADS
 from lowshot.heads._transductive import TransductiveHead
-from lowshot.heads.maths import adam_minimise, entropy, one_hot_means, sq_distances
+from lowshot.heads.maths import adam_descent, entropy_gradient, one_hot_means, sq_norms
 
 
 @HEADS.register("tim")
@@ -37,20 +37,36 @@ class TIM(TransductiveHead):
 
     def transduce(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, k: int,
                   centre) -> torch.Tensor:
-        """Logits (E, Q, k) of queries (E, Q, d) after tuning weights from support (E, N, d), labels (N,)."""
-        support, query = self.prepare(support, centre), self.prepare(query, centre)
-        weights = one_hot_means(support, labels, k).requires_grad_(True)
+        """Logits (E, Q, k) of queries (E, Q, d) after tuning weights from support (E, N, d), labels (N,).
 
-        def loss() -> torch.Tensor:  # summed over episodes: each one's gradient is its own
-            ce = F.cross_entropy(self._logits(support, weights).flatten(0, 1), labels.repeat(len(support)),
-                                 reduction="sum") / len(labels)
-            p = torch.softmax(self._logits(query, weights), -1)
-            info = self.marginal_weight * entropy(p.mean(1)) - self.cond_weight * entropy(p).mean(1)
-            return self.ce_weight * ce - info.sum()
+        The loss is summed over episodes (each one's gradient is its own) and its gradient is written
+        out (`_gradient`); the steps are `torch.optim.Adam`'s.
+        """
+        rows = self.prepare(torch.cat([support, query], 1), centre).values()  # (E, N + Q, d)
+        sq = sq_norms(rows)
+        weights = one_hot_means(rows[:, :len(labels)], labels, k)
+        target = F.one_hot(labels, k).to(rows).t()  # (k, N)
+        adam_descent([weights], lambda: [self._gradient(rows, sq, weights, target)], self.iterations, self.lr)
+        return self._logits(rows, sq, weights)[..., len(labels):].transpose(1, 2)
 
-        adam_minimise([weights], loss, self.iterations, self.lr)
-        return self._logits(query, weights.detach())
+    def _logits(self, rows: torch.Tensor, sq: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """−τ/2 · ‖x − w_k‖² of shape (E, k, R) for rows x (E, R, d) with squared norms sq (E, R), weights (E, k, d)."""
+        cross_term = weights @ rows.transpose(1, 2)
+        return -0.5 * self.temperature * (sq[:, None] - 2 * cross_term + sq_norms(weights)[..., None])
 
-    def _logits(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """−τ/2 · squared distances (E, N, k) of rows x (E, N, d) to weights (E, k, d)."""
-        return -0.5 * self.temperature * sq_distances(x, weights)
+    def _gradient(self, rows, sq, weights, target) -> torch.Tensor:
+        """∂loss/∂weights (E, k, d) at `weights`; rows (E, N + Q, d), target (k, N) the support's one-hot labels.
+
+        With p = softmax(logits) over classes: ∂CE/∂z = (p − y)/N on support rows; on query rows
+        ∂H(Y_Q | X_Q)/∂z = −p(log p + H(p))/Q and ∂H(Y_Q)/∂z = −p(log p̄ − ⟨p, log p̄⟩)/Q (p̄ the mean
+        query prediction); ∂z_ik/∂w_k = τ(x_i − w_k).
+        """
+        n = target.shape[1]
+        z = self._logits(rows, sq, weights)
+        p, log_p = torch.softmax(z, 1), torch.log_softmax(z, 1)
+        pq, q = p[..., n:], z.shape[2] - n
+        log_mean = torch.log(pq.mean(2, keepdim=True))
+        g = torch.cat([self.ce_weight / n * (p[..., :n] - target),
+                       self.marginal_weight / q * pq * (log_mean - (pq * log_mean).sum(1, keepdim=True))
+                       + self.cond_weight / q * entropy_gradient(pq, log_p[..., n:], dim=1)], 2)
+        return self.temperature * (g @ rows - g.sum(2, keepdim=True) * weights)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from lowshot.heads.base import HEADS
 from lowshot.heads._transductive import TransductiveHead
-from lowshot.heads.maths import adam_minimise, entropy, l2_normalise, one_hot_means
+from lowshot.heads.maths import adam_descent, entropy_gradient, l2_normalise, one_hot_means
 
 
 @HEADS.register("transductive_ft")
@@ -34,19 +34,31 @@ class TransductiveFT(TransductiveHead):
 
     def transduce(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, k: int,
                   centre) -> torch.Tensor:
-        """Logits (E, Q, k) of queries (E, Q, d) after fine-tuning on support (E, N, d), labels (N,)."""
-        support, query = self.prepare(support, centre), self.prepare(query, centre)
-        weights = l2_normalise(one_hot_means(support, labels, k)).requires_grad_(True)
-        bias = support.new_zeros(len(support), 1, k, requires_grad=True)
+        """Logits (E, Q, k) of queries (E, Q, d) after fine-tuning on support (E, N, d), labels (N,).
 
-        def logits(x: torch.Tensor) -> torch.Tensor:
-            return (x @ weights.transpose(1, 2) + bias) / self.temperature
+        The loss is summed over episodes (each one's gradient is its own) and its gradient is written
+        out (`_gradients`); the steps are `torch.optim.Adam`'s.
+        """
+        rows = self.prepare(torch.cat([support, query], 1), centre).values()  # (E, N + Q, d)
+        weights = l2_normalise(one_hot_means(rows[:, :len(labels)], labels, k))
+        bias = rows.new_zeros(len(rows), k, 1)
+        target = F.one_hot(labels, k).to(rows).t()  # (k, N)
+        adam_descent([weights, bias], lambda: self._gradients(rows, weights, bias, target), self.iterations, self.lr)
+        return self._logits(rows, weights, bias)[..., len(labels):].transpose(1, 2)
 
-        def loss() -> torch.Tensor:  # summed over episodes: each one's gradient is its own
-            ce = F.cross_entropy(logits(support).flatten(0, 1), labels.repeat(len(support)),
-                                 reduction="sum") / len(labels)
-            return ce + self.entropy_weight * entropy(torch.softmax(logits(query), -1)).mean(1).sum()
+    def _logits(self, rows: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """(x·w_k + b_k) / T of shape (E, k, R) for rows x (E, R, d), weights (E, k, d), bias (E, k, 1)."""
+        return (weights @ rows.transpose(1, 2) + bias) / self.temperature
 
-        adam_minimise([weights, bias], loss, self.iterations, self.lr)
-        with torch.no_grad():
-            return logits(query)
+    def _gradients(self, rows, weights, bias, target):
+        """[∂loss/∂weights (E, k, d), ∂loss/∂bias (E, k, 1)]; target (k, N) the support's one-hot labels.
+
+        With p = softmax(logits) over classes: ∂CE/∂z = (p − y)/N on support rows and the query term's
+        ∂H/∂z = −p(log p + H(p))/Q on query rows; ∂z/∂w_k = x/T, ∂z/∂b_k = 1/T.
+        """
+        n = target.shape[1]
+        z = self._logits(rows, weights, bias)
+        p = torch.softmax(z, 1)
+        g = torch.cat([(p[..., :n] - target) / n, self.entropy_weight / (z.shape[2] - n)
+                       * entropy_gradient(p[..., n:], torch.log_softmax(z[..., n:], 1), dim=1)], 2)
+        return [g @ rows / self.temperature, g.sum(2, keepdim=True) / self.temperature]

@@ -6,7 +6,9 @@ classes. Accuracy over an episode's queries, averaged over `episodes` seeded epi
 reported with its 95 % interval (Student t over episodes). All heads see the same episodes.
 
 Heads with an `episode_scores(support, query, task)` method are scored on a batch of episodes
-at once; others are fitted episode by episode. Heads marked `episodic = False` (they need base
+at once (or asked only for their arg-max, `episode_predictions`, where that is cheaper), in chunks
+whose features fill `head.episode_bytes` (default: about an L2 cache); others are fitted episode by
+episode. Heads marked `episodic = False` (they need base
 rows) and heads whose fit raises `InputError` on an episode are skipped with a note. Heads that
 centre on the base classes (`cosine_ncm`, as SimpleShot) get the mean of the setup's base-class rows
 of train.hdf5 as `task.base_mean`. Transductive heads (class attribute `transductive = True`: they
@@ -44,7 +46,7 @@ from lowshot.run import (
 from lowshot.runtime import pick_device
 from lowshot.stats import mean_ci
 
-CHUNK = 100  # episodes scored together by a batched head
+CHUNK_BYTES = 1 << 22  # features of the episodes a batched head scores together, unless it says otherwise
 
 
 def default_heads() -> List[str]:
@@ -143,13 +145,14 @@ def episode_accuracies(name: str, params: Dict[str, Any], support: torch.Tensor,
         query = query.reshape(e, -1, d)
     head = HEADS.create(name, **params)
     if hasattr(head, "episode_scores"):
-        scores = torch.cat([head.episode_scores(support[i:i + CHUNK], query[i:i + CHUNK], task)
-                            for i in range(0, e, CHUNK)])
+        predict = getattr(head, "episode_predictions", lambda *a: head.episode_scores(*a).max(-1).indices)
+        step = max(1, getattr(head, "episode_bytes", CHUNK_BYTES) // (4 * d * (w * s + query.shape[1])))
+        guess = torch.cat([predict(support[i:i + step], query[i:i + step], task) for i in range(0, e, step)])
     else:
         labels = torch.arange(w, device=support.device).repeat_interleave(s)
-        scores = torch.stack([HEADS.create(name, **params).fit(support[i].reshape(-1, d), labels, task)
-                              .scores(query[i]) for i in range(e)])
-    return (scores.argmax(-1) == truth).float().mean(-1)
+        guess = torch.stack([HEADS.create(name, **params).fit(support[i].reshape(-1, d), labels, task)
+                             .scores(query[i]).argmax(-1) for i in range(e)])
+    return (guess == truth).float().mean(-1)
 
 
 def _load(cfg: EpisodesConfig):

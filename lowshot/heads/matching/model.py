@@ -28,17 +28,21 @@ class MatchingNet(nn.Module):
         self.query_cell = nn.LSTMCell(2 * dim, dim)
 
     def encode_support(self, support: torch.Tensor) -> torch.Tensor:
-        """g(S) of shape (S, d) from support features of shape (S, d), in the order given."""
-        out, _ = self.support_lstm(support[:, None])  # (S, 1, 2d): one sequence of S steps
-        fwd, bwd = out[:, 0].split(self.dim, dim=-1)
-        return support + fwd + bwd
+        """g(S) of shape (..., S, d) from support features (..., S, d), in the order given; each leading
+        index is a separate sequence (a batch of episodes runs as one LSTM batch)."""
+        seq = support.reshape(-1, *support.shape[-2:]).transpose(0, 1)  # (S, B, d): B sequences of S steps
+        out, _ = self.support_lstm(seq)
+        fwd, bwd = out.transpose(0, 1).split(self.dim, dim=-1)
+        return support + (fwd + bwd).view(support.shape)
 
     def embed_queries(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """f(x) of shape (Q, d): K steps of attention over g (S, d) read by an LSTM cell, residual on x (Q, d)."""
+        """f(x) of shape (..., Q, d): K steps of attention over g (..., S, d) read by an LSTM cell, residual
+        on x (..., Q, d); leading indices (episodes) attend over their own g."""
         h, c = x, torch.zeros_like(x)
         for _ in range(self.K):
-            h, c = self.query_cell(torch.cat([x, attend(h, g)], dim=1), (h, c))
-            h = h + x
+            step = torch.cat([x, attend(h, g)], dim=-1)
+            h, c = self.query_cell(step.reshape(-1, step.shape[-1]), (h.reshape(-1, self.dim), c.reshape(-1, self.dim)))
+            h, c = h.view(x.shape) + x, c.view(x.shape)
         return h
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, queries: torch.Tensor,
@@ -49,12 +53,12 @@ class MatchingNet(nn.Module):
 
 
 def attend(h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """softmax(h·gᵀ) @ g of shape (Q, d) for h (Q, d), g (S, d).
+    """softmax(h·gᵀ) @ g of shape (..., Q, d) for h (..., Q, d), g (..., S, d).
 
     Subnormal weights (< 1.2e-38) are zeroed: they cannot change the read, but peaked attention
     makes many of them and they slow CPU matrix products 5×.
     """
-    a = torch.softmax(h @ g.t(), dim=1)
+    a = torch.softmax(h @ g.transpose(-1, -2), dim=-1)
     return a.masked_fill(a < torch.finfo(a.dtype).tiny, 0.0) @ g
 
 

@@ -58,6 +58,14 @@ class PMNHallucinator(Head):
         self.num_classes_ = task.num_classes
         return self
 
+    def episode_scores(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
+        """Log-probabilities (E, Q, W) of a batch of episodes: support (E, W, S, d), query (E, Q, d); each episode
+        as `fit` + `scores` make it alone (G's plan and noise drawn from the task's seed)."""
+        net: PrototypeMatchingNet = self.trained_model(task)
+        n_aug = int(net.n_aug) if self.n_aug is None else self.n_aug
+        with torch.no_grad():
+            return net.episode_log_probs(support.float(), query.float(), n_aug, generator(task.seed, torch.device("cpu")))
+
     def scores(self, feats: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """Log-probabilities of shape (N, C), −inf for classes without support; queries in batches."""
         self._check_fitted("protos_")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Dict, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lowshot.heads.matching.model import MatchingNet, check_dim
@@ -82,6 +83,28 @@ class PrototypeMatchingNet(nn.Module):
         f = self.matching.embed_queries(queries, protos)
         p_hat = protos / (protos.norm(dim=1, keepdim=True) + 1e-5)
         return torch.log_softmax(f @ p_hat.t(), dim=1)
+
+    def episode_log_probs(self, support: torch.Tensor, query: torch.Tensor, n_aug: int,
+                          gen: torch.Generator) -> torch.Tensor:
+        """Log-probabilities (E, Q, W) of E episodes at once: support (E, W, S, d), query (E, Q, d).
+
+        Each episode is what `augment`, `prototypes` and `log_probs` make of it alone with a fresh copy of
+        `gen` (every class novel, topped up to n_aug rows): the same new-row plan and noise z for every
+        episode, G and both LSTMs run on the whole batch.
+        """
+        e, w, s, d = support.shape
+        labels = torch.arange(w, device=support.device).repeat_interleave(s)
+        rows = support.reshape(e, w * s, d)
+        if n_aug > 0:
+            seeds, new_labels = plan_new_rows(labels, n_aug, gen)
+            z = torch.randn((len(seeds), d), generator=gen).to(rows)
+            new = self.hallucinator(rows[:, seeds].reshape(-1, d), z.repeat(e, 1)).view(e, -1, d)
+            rows, labels = torch.cat([rows, new], 1), torch.cat([labels, new_labels])
+        g = self.matching.encode_support(rows)
+        onehot = F.one_hot(labels, w).to(g).t()
+        protos = (onehot / onehot.sum(1, keepdim=True)) @ g  # (E, W, d): class means of g
+        f = self.matching.embed_queries(query, protos)
+        return torch.log_softmax(f @ (protos / (protos.norm(dim=-1, keepdim=True) + 1e-5)).transpose(1, 2), dim=-1)
 
     def forward(self, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, novel: torch.Tensor,
                 gen: torch.Generator) -> torch.Tensor:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from lowshot.heads.base import HEADS, Head, Task
-from lowshot.heads.maths import group_rows, mask_absent, split_base
+from lowshot.heads._rows import Rows
+from lowshot.heads.maths import dots, group_rows, l2_normalise, mask_absent, split_base
 from lowshot.heads.weight_generator.model import (
     FewShotWeightGenerator,
     ShotGenerators,
@@ -64,12 +65,25 @@ class WeightGenerator(Head):
         return mask_absent(s, self.present_)
 
     def episode_scores(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
-        """Scores (E, Q, W) of a batch of episodes: support (E, W, S, d), query (E, Q, d)."""
+        """s · (cos + b) (E, Q, W) of a batch of episodes: support (E, W, S, d), query (E, Q, d)."""
+        net, rows = self._episode_rows(support, task)
+        with torch.no_grad():
+            q = Rows.of(query.float())  # unit queries, not written out
+            return (net.scale_cls * (q.dots(rows) / q.sq.sqrt().clamp_min(1e-12)[:, None] + net.bias)).transpose(1, 2)
+
+    def episode_predictions(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
+        """Arg-max (E, Q) of s · x·w, which drops 1 / ‖x‖ and s · b (the same for every class)."""
+        net, rows = self._episode_rows(support, task)
+        with torch.no_grad():
+            return dots(net.scale_cls * rows, query.float()).max(1).indices
+
+    def _episode_rows(self, support: torch.Tensor, task: Task):
+        """The generator for the episodes' shots and their generated unit rows (E, W, d)."""
         net = self._generator(task, support.shape[2])
         every = torch.arange(len(net.classes), device=net.classes.device)
         with torch.no_grad():
-            rows = net.novel_weights(support.float(), support.new_ones(support.shape[:-1], dtype=torch.bool), every)
-            return net.logits(query.float(), rows)
+            mask = support.new_ones(support.shape[:-1], dtype=torch.bool)
+            return net, l2_normalise(net.novel_weights(support.float(), mask, every))
 
     def _generator(self, task: Task, shots: int) -> FewShotWeightGenerator:
         """The handed-over generator trained for `shots` shots."""
