@@ -58,17 +58,18 @@ def test_power_features_are_the_papers_transform():
     assert torch.allclose(power_transform(-x[:, 1:]), -root[:, 1:], atol=1e-6)  # odd extension, non-ReLU features
 
 
-def test_bd_cspn_rectified_prototype_by_hand():
+@pytest.mark.parametrize("eps", [1.0, 10.0])
+def test_bd_cspn_rectified_prototype_by_hand(eps):
     s = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # one shot of each of 2 classes
     q = torch.tensor([[[2.0, 1.0], [1.0, 3.0], [3.0, 0.0]]])
-    head = HEADS.create("bd_cspn", features="none")
+    head = HEADS.create("bd_cspn", features="none", eps=eps)
     got = head.episode_scores(s[:, :, None], q, Task(2, np.zeros(0, np.int64), np.arange(2)))
     shifted = q[0] + s[0].mean(0) - q[0].mean(0)  # shift = (0.5, 0.5) − (2, 4/3)
     protos = []
     for c in range(2):
         cos = lambda x: float(F.cosine_similarity(x, s[0, c], dim=0))  # noqa: E731
         mine = [s[0, c]] + [x for x in shifted if max(range(2), key=lambda k: F.cosine_similarity(x, s[0, k], 0)) == c]
-        w = torch.tensor([np.exp(10 * cos(x)) for x in mine])
+        w = torch.tensor([np.exp(eps * cos(x)) for x in mine])
         protos.append(sum(wi * x for wi, x in zip(w / w.sum(), mine)))
     expected = F.normalize(q[0], dim=1) @ F.normalize(torch.stack(protos), dim=1).t()
     assert torch.allclose(got[0], expected, atol=1e-5)

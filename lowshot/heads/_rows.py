@@ -79,8 +79,9 @@ class Rows:
 
     def values(self) -> torch.Tensor:
         """The rows written out, (E, N, d)."""
-        x = self.x if self.centre is None else self.x - self.centre
-        return x * self.factor[..., None]
+        if self.centre is None:
+            return self.x * self.factor[..., None]
+        return (self.x - self.centre).mul_(self.factor[..., None])
 
 
 def prepared(x: torch.Tensor, how: str, centre: Optional[torch.Tensor] = None, beta: float = 0.5) -> Rows:

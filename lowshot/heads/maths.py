@@ -185,20 +185,24 @@ def sinkhorn(kernel: torch.Tensor, col_mass: float, tol: float = 1e-6, max_iter:
     and every class's Q entries to `col_mass` (Sinkhorn-Knopp).
 
     Each of the E problems stops on its own, after the first scaling that moves its row sums by
-    less than `tol`; later iterations compute only the problems still running. A batch thus gives
-    the same plans as one problem at a time, at the cost of its slowest problem's iterations.
+    less than `tol`; later iterations compute only the problems still running, on a compact copy
+    (a problem is written back once, when it stops). A batch thus gives the same plans as one problem
+    at a time, for the cost of its slowest problem's iterations, shared by the whole batch.
     """
     plan = kernel / kernel.sum((1, 2), keepdim=True)
-    active = torch.arange(len(plan), device=plan.device)
-    for _ in range(max_iter):
-        now = plan[active]
+    active, now = torch.arange(len(plan), device=plan.device), plan.clone()
+    for i in range(max_iter):
         rows = now.sum(1, keepdim=True)
-        step = now / (rows + 1e-10)
-        step = step * (col_mass / (step.sum(2, keepdim=True) + 1e-10))
-        plan[active] = step
-        active = active[(rows - step.sum(1, keepdim=True)).abs().amax((1, 2)) >= tol]
-        if not len(active):
-            break
+        now.div_(rows + 1e-10)
+        now.mul_(col_mass / (now.sum(2, keepdim=True) + 1e-10))
+        done = (rows - now.sum(1, keepdim=True)).abs().amax((1, 2)) < tol
+        if i == max_iter - 1:
+            done = torch.ones_like(done)
+        if done.any():
+            plan[active[done]] = now[done]
+            active, now = active[~done], now[~done]
+            if not len(active):
+                break
     return plan
 
 

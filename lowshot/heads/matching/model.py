@@ -45,6 +45,29 @@ class MatchingNet(nn.Module):
             h, c = h.view(x.shape) + x, c.view(x.shape)
         return h
 
+    def embed_queries_over_few(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """`embed_queries` for a few attended rows g (E, P, d), P ≪ d (prototypes), queries x (E, Q, d).
+
+        The same maths with the LSTM cell written out: its input [x, r] enters the gates through
+        W_ih = [A | B]; x·Aᵀ is the same at every step and r = a·g (attention a over the P rows), so
+        r·Bᵀ = a·(g·Bᵀ). Each step then costs the hidden product h·W_hhᵀ and (E, Q, P) attention,
+        about a third of the cell's multiply-adds.
+        """
+        cell = self.query_cell
+        a_part, b_part = cell.weight_ih.split(self.dim, dim=1)
+        fixed = x @ a_part.t() + cell.bias_ih + cell.bias_hh  # (E, Q, 4d)
+        g_b = g @ b_part.t()  # (E, P, 4d)
+        h, c, d = x, torch.zeros_like(x), self.dim
+        for _ in range(self.K):
+            a = torch.softmax(h @ g.transpose(-1, -2), dim=-1)
+            gates = torch.addmm(fixed.view(-1, 4 * d), h.reshape(-1, d), cell.weight_hh.t()).view(fixed.shape)
+            gates.baddbmm_(a.masked_fill(a < torch.finfo(a.dtype).tiny, 0.0), g_b)
+            z = gates[..., 2 * d:3 * d].tanh()
+            i, f, _, o = gates.sigmoid_().chunk(4, -1)  # in place: the input, forget and output gates
+            c = f * c + i * z
+            h = o * c.tanh() + x
+        return h
+
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, queries: torch.Tensor,
                 num_classes: int) -> torch.Tensor:
         """Log-probabilities (Q, num_classes) of queries (Q, d) given support (S, d) with labels (S,)."""

@@ -103,7 +103,7 @@ class PrototypeMatchingNet(nn.Module):
         g = self.matching.encode_support(rows)
         onehot = F.one_hot(labels, w).to(g).t()
         protos = (onehot / onehot.sum(1, keepdim=True)) @ g  # (E, W, d): class means of g
-        f = self.matching.embed_queries(query, protos)
+        f = self.matching.embed_queries_over_few(query, protos)
         return torch.log_softmax(f @ (protos / (protos.norm(dim=-1, keepdim=True) + 1e-5)).transpose(1, 2), dim=-1)
 
     def forward(self, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, novel: torch.Tensor,
