@@ -154,3 +154,88 @@ def test_transductive_rows_are_marked(run):  # noqa: F811
     with open(run / "ep_t" / "episodes.csv") as f:
         marks = {r["head"]: r["transductive"] for r in csv.DictReader(f)}
     assert marks == {"protonet": "False", "bd_cspn": "True"}
+
+
+def test_laplacian_knn_counts_the_query_itself_as_the_papers_code():
+    x = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [7.0, 0.0]]])  # one episode of 4 queries
+    head = HEADS.create("laplacian_shot", knn=3, features="none")
+    near = head._neighbours(prepared(x, "none"))
+    assert [sorted(r) for r in near[0].tolist()] == [[1, 2], [0, 2], [0, 1], [1, 2]]  # knn − 1 = 2 others each
+
+
+@pytest.mark.parametrize("knn, label", [(3, 1), (4, 0)])
+def test_laplacian_two_neighbours_against_three(knn, label):
+    s = torch.tensor([[[[0.0, 0.0]], [[4.0, 0.0]]]])  # class means at x = 0 and x = 4
+    q = torch.tensor([[[1.9, 0.0], [3.0, 0.0], [3.2, 0.0], [0.2, 0.0], [0.0, 0.2]]])
+    head = HEADS.create("laplacian_shot", lam=0.6, knn=knn, rectify=False, features="none")
+    # query 0 is nearer class 0; its 2 nearest others are class 1 (pulled over), its 3rd is class 0 (not)
+    assert head.episode_scores(s, q, Task(2, np.zeros(0, np.int64), np.arange(2)))[0, 0].argmax() == label
+
+
+def laplacian_alone(s, q, head):
+    """The paper's code, one episode (s (W, S, d), q (Q, d), raw features, support means): (y, updates run)."""
+    unary = torch.cdist(q, s.mean(1)).pow(2)
+    near = torch.cdist(q, q).topk(head.knn, largest=False).indices[:, 1:]
+    kernel = torch.zeros(len(q), len(q)).scatter_(1, near, 1.0)
+    y, old = torch.softmax(-unary, 1), float("inf")
+    for i in range(head.iterations):
+        y = torch.softmax(-unary + head.lam * kernel @ y, 1)
+        bound = (y * torch.log(y.clamp_min(1e-20)) + unary * y - head.lam * (kernel @ y) * y).double().sum().item()
+        if i > 1 and abs(bound - old) <= 1e-6 * abs(old):
+            return y, i + 1
+        old = bound
+    return y, head.iterations
+
+
+def test_laplacian_episodes_stop_on_their_own_as_alone():
+    support, query, task = episode(e=6, q=5, seed=2)
+    head = HEADS.create("laplacian_shot", lam=1.5, rectify=False, features="none")
+    batched = head.episode_scores(support, query, task)
+    alone = [laplacian_alone(support[e], query[e], head) for e in range(6)]
+    assert len({n for _, n in alone}) > 1  # the episodes stop after different numbers of updates
+    assert torch.allclose(batched, torch.stack([y for y, _ in alone]), atol=1e-5)
+
+
+def adam_alone(name, s, q, head, steps):
+    """TIM or transductive fine-tuning on one episode (l2 features) with autograd and torch.optim.Adam."""
+    s, q = F.normalize(s, dim=-1), F.normalize(q, dim=-1)
+    flat, labels = s.flatten(0, 1), torch.arange(s.shape[0]).repeat_interleave(s.shape[1])
+    if name == "tim":
+        w = s.mean(1).clone().requires_grad_(True)
+        params, logits = [w], lambda x: -0.5 * head.temperature * torch.cdist(x, w).pow(2)
+    else:
+        w, b = F.normalize(s.mean(1), dim=-1).requires_grad_(True), torch.zeros(s.shape[0], requires_grad=True)
+        params, logits = [w, b], lambda x: (x @ w.t() + b) / head.temperature
+    opt = torch.optim.Adam(params, lr=head.lr)
+    for _ in range(steps):
+        p = logits(q).softmax(1)
+        cond = -(p * torch.log(p + 1e-12)).sum(1).mean()
+        if name == "tim":
+            marginal = -(p.mean(0) * torch.log(p.mean(0))).sum()
+            loss = head.ce_weight * F.cross_entropy(logits(flat), labels) - marginal + head.cond_weight * cond
+        else:
+            loss = F.cross_entropy(logits(flat), labels) + head.entropy_weight * cond
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return logits(q).detach()
+
+
+@pytest.mark.parametrize("name", ["tim", "transductive_ft"])
+def test_written_out_gradients_follow_autograd_adam(name):
+    support, query, task = episode(e=3, seed=4)
+    head = HEADS.create(name, iterations=25, lr=1e-2)
+    batched = head.episode_scores(support, query, task)
+    alone = torch.stack([adam_alone(name, support[e], query[e], head, 25) for e in range(3)])
+    assert torch.allclose(batched, alone, atol=2e-3 * alone.abs().max())
+    assert torch.equal(batched.argmax(-1), alone.argmax(-1))
+
+
+@pytest.mark.parametrize("eps", [1.0, 30.0])
+def test_laplacian_rectifies_with_its_eps(eps):
+    support, query, task = episode()
+    lap = HEADS.create("laplacian_shot", lam=0.0, eps=eps).episode_scores(support, query, task)
+    bd = HEADS.create("bd_cspn", features="cl2n", eps=eps).episode_scores(support, query, task)
+    assert torch.equal(lap.argmax(-1), bd.argmax(-1))
+    other = HEADS.create("bd_cspn", features="cl2n", eps=31 - eps).episode_scores(support, query, task)
+    assert not torch.equal(bd, other)

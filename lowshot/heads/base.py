@@ -64,6 +64,12 @@ class Head:
 
     `artefact` (class attribute): the run-folder artefact of a trained model the head needs, or None;
     `build_model(saved, dim)` then builds that model from the dict its stage saved.
+
+    Episodes (`lowshot episodes`): a head with `episodic = True` may define `episode_scores(support
+    (E, W, S, d), query (E, Q, d), task) -> (E, Q, W)`, scoring E episodes at once exactly as `fit` +
+    `scores` would one at a time (tests/test_episodes.py checks it for every episodic head), and
+    `episode_predictions(...) -> (E, Q)`, its arg-max when that is cheaper; `episode_bytes` bounds the
+    features of the episodes it is given at once (default `protocols.episodes.CHUNK_BYTES`).
     """
 
     artefact: ClassVar[Optional[str]] = None

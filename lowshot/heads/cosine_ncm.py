@@ -5,7 +5,7 @@ import torch
 
 from lowshot.errors import InputError
 from lowshot.heads.base import HEADS, Head, Task
-from lowshot.heads.maths import base_centre, class_means, dots, l2_normalise, mask_absent, sq_norms
+from lowshot.heads.maths import base_centre, class_means, dots, l2_normalise, mask_absent, sq_norms, unit_shot_means
 
 CENTRES = ("base", "support", "none")
 
@@ -63,7 +63,7 @@ class CosineNCM(Head):
     def _episode_means(self, support: torch.Tensor, task: Task):
         """Each episode's centre (E, 1, d) and unit class means (E, W, d) of its centred, normalised support."""
         centre = self._centre(support.flatten(1, 2), None, task)[:, None]
-        return centre, l2_normalise(l2_normalise(support - centre[:, :, None]).mean(2))
+        return centre, unit_shot_means(support, centre)
 
     def _centre(self, rows: torch.Tensor, labels, task: Task) -> torch.Tensor:
         """The centre (E, d) of E training sets rows (E, N, d) with labels (N,) (None: no base rows)."""

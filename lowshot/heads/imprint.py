@@ -15,6 +15,7 @@ from lowshot.heads.maths import (
     mask_absent,
     split_base,
     sq_norms,
+    unit_shot_means,
 )
 
 
@@ -64,11 +65,11 @@ class Imprint(Head):
 
     def episode_scores(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
         """s · cos (E, Q, W) of a batch of episodes: support (E, W, S, d), query (E, Q, d)."""
-        rows = l2_normalise(l2_normalise(support).mean(2))
+        rows = unit_shot_means(support)
         norm = sq_norms(query).sqrt().clamp_min(1e-12)[:, None]
         return (cosine_scale(task, "imprint") * dots(rows, query) / norm).transpose(1, 2)
 
     def episode_predictions(self, support: torch.Tensor, query: torch.Tensor, task: Task) -> torch.Tensor:
         """Arg-max (E, Q) of s · x·w, which drops 1 / ‖x‖ (the same for every class)."""
-        rows = cosine_scale(task, "imprint") * l2_normalise(l2_normalise(support).mean(2))
+        rows = cosine_scale(task, "imprint") * unit_shot_means(support)
         return dots(rows, query).max(1).indices

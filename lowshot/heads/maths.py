@@ -159,6 +159,27 @@ def power_transform(x: torch.Tensor, beta: float = 0.5, eps: float = 1e-6) -> to
     return torch.where(x < 0, -y, y)
 
 
+def unit_shot_means(support: torch.Tensor, centre=None) -> torch.Tensor:
+    """normalise(mean_s normalise(x_s − c)) of shape (E, W, d) for support (E, W, S, d), centre (E, 1, d) or None.
+
+    The imprinted / SimpleShot class rows of a batch of episodes, without writing out the normalised
+    shots: mean_s (x_s − c)/‖x_s − c‖ is one weighted sum of each class's raw shots.
+    """
+    e, w, s, d = support.shape
+    sq = sq_norms(support)
+    if centre is not None:
+        xc = (support.view(e, w * s, d) @ centre.transpose(1, 2)).view(e, w, s)  # x·c
+        sq = sq - 2 * xc + sq_norms(centre)[..., None]
+    weight = sq.clamp_min(0).sqrt().clamp_min(1e-12).reciprocal()  # (E, W, S)
+    if s == 1:  # one shot: its own row (a batch of 1 × 1 products is slow)
+        means = support[:, :, 0] * weight
+    else:
+        means = (weight[:, :, None] @ support)[:, :, 0]  # Σ_s x_s / ‖x_s − c‖
+    if centre is not None:
+        means = means - weight.sum(-1, keepdim=True) * centre
+    return l2_normalise(means)
+
+
 def one_hot_means(rows: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """Class means (E, k, d) of E sets rows (E, N, d) sharing labels (N,) in 0..k−1."""
     onehot = F.one_hot(labels, k).to(rows)

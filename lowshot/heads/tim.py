@@ -20,16 +20,18 @@ class TIM(TransductiveHead):
     entropy of the mean query prediction (pushes towards a uniform class marginal), plus the mean
     entropy of the query predictions (pushes towards confident ones), by full-batch Adam.
 
-    Hyper-parameters (the paper's TIM-GD): τ = `temperature` = 15, λ = `ce_weight` = 0.1,
-    `marginal_weight` = 1, α = `cond_weight` = 0.1, `iterations` = 1000 Adam steps, `lr` = 1e-4;
-    `features` = "l2" (the paper's released code L2-normalises the features). Returns the logits.
+    Hyper-parameters (the paper's released TIM-GD code, mboudiaf/TIM src/tim.py): τ = `temperature` = 15,
+    λ = `ce_weight` = 0.1, `marginal_weight` = 1, α = `cond_weight` = 0.1, `lr` = 1e-4, `iterations` =
+    1000 Adam steps (its evaluation scripts' `tim.iter=1000`; src/tim.py's own default is 150);
+    `features` = "l2" (its src/eval.py L2-normalises the features). Returns the logits.
     Assumes balanced queries: the marginal-entropy term favours equal class frequencies in the query
-    batch (the README measures the loss on Dirichlet-unbalanced queries). The library (easyfsl)
-    defaults to 100 steps at lr 1e-3 and weights 1 / 1 / 0.1; the paper's values are used here.
+    batch (docs/protocols.md measures the loss on Dirichlet-unbalanced queries). The library (easyfsl
+    ≥ 1.4, easyfsl/methods/tim.py) differs: 50 steps at lr 1e-4, weights 1 / 1 / 0.1 and τ = 10 on
+    cosine logits (its releases before 1.4: 100 steps at lr 1e-3, no τ). The gradient is written out
+    and the steps are torch's Adam: the same path as autograd + `torch.optim.Adam`, batched.
     """
 
     name = "tim"
-    episode_bytes = 1 << 25  # every step loops over the batch: amortise the steps over many episodes
 
     def __init__(self, temperature: float = 15.0, ce_weight: float = 0.1, marginal_weight: float = 1.0,
                  cond_weight: float = 0.1, iterations: int = 1000, lr: float = 1e-4, features: str = "l2"):

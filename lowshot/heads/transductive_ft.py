@@ -18,15 +18,15 @@ class TransductiveFT(TransductiveHead):
     (w_k = the normalised mean of class k's support rows, b = 0), is fine-tuned by full-batch Adam
     on the support cross-entropy plus `entropy_weight` × the mean entropy of the query predictions.
 
-    Hyper-parameters (the paper's): `iterations` = 25 (its 25 epochs; one full batch per epoch
-    here), `lr` = 5e-5, `entropy_weight` = 1, `temperature` = 1 (logits = (x·w_k + b_k) / T);
+    Hyper-parameters (the paper's, and the library's easyfsl): `iterations` = 25 (its 25 epochs; one
+    full batch per epoch here), `lr` = 5e-5, `entropy_weight` = 1, `temperature` = 1 (logits =
+    (x·w_k + b_k) / T; easyfsl scores by −‖x − w_k‖ instead);
     `features` = "l2" (the paper normalises features). Departure: the paper also fine-tunes the
     backbone; a head sees cached features only, so only W and b move, and with the paper's learning
     rate they move little (the README measures how little). Returns the logits.
     """
 
     name = "transductive_ft"
-    episode_bytes = 1 << 25  # every step loops over the batch: amortise the steps over many episodes
 
     def __init__(self, iterations: int = 25, lr: float = 5e-5, entropy_weight: float = 1.0,
                  temperature: float = 1.0, features: str = "l2"):

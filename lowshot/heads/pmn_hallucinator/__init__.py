@@ -35,6 +35,7 @@ class PMNHallucinator(Head):
     """
 
     episodic = True
+    episode_bytes = 1 << 22  # its LSTM activations are 4d wide per query: a few dozen 5-way episodes at a time
     artefact = "pmn"
     build_model = staticmethod(from_saved)
 
