@@ -36,6 +36,7 @@ class LaplacianShot(TransductiveHead):
     """
 
     name = "laplacian_shot"
+    episode_bytes = 1 << 26  # the bound updates loop over the batch: share their steps by many episodes
 
     def __init__(self, lam: float = 0.7, knn: int = 3, iterations: int = 20, rectify: bool = True,
                  eps: float = 1.0, features: str = "cl2n"):

@@ -31,6 +31,7 @@ class PTMAP(TransductiveHead):
     """
 
     name = "pt_map"
+    episode_bytes = 1 << 26  # Sinkhorn runs to its slowest episode: share those iterations by many episodes
 
     def __init__(self, beta: float = 0.5, lam: float = 10.0, alpha: float = 0.2, iterations: int = 30,
                  features: str = "power"):

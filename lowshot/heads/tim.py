@@ -32,6 +32,7 @@ class TIM(TransductiveHead):
     """
 
     name = "tim"
+    episode_bytes = 1 << 26  # every Adam step loops over the batch: share the steps by many episodes
 
     def __init__(self, temperature: float = 15.0, ce_weight: float = 0.1, marginal_weight: float = 1.0,
                  cond_weight: float = 0.1, iterations: int = 1000, lr: float = 1e-4, features: str = "l2"):

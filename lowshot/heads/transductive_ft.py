@@ -27,6 +27,7 @@ class TransductiveFT(TransductiveHead):
     """
 
     name = "transductive_ft"
+    episode_bytes = 1 << 26  # every Adam step loops over the batch: share the steps by many episodes
 
     def __init__(self, iterations: int = 25, lr: float = 5e-5, entropy_weight: float = 1.0,
                  temperature: float = 1.0, features: str = "l2"):

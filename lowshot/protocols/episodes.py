@@ -7,8 +7,8 @@ reported with its 95 % interval (Student t over episodes). All heads see the sam
 
 Heads with an `episode_scores(support, query, task)` method are scored on a batch of episodes
 at once (or asked only for their arg-max, `episode_predictions`, where that is cheaper), in chunks
-whose features fill `head.episode_bytes` (default `CHUNK_BYTES`, 64 MiB: every episode of a 5-way
-setting at once); others are fitted episode by episode. Heads marked `episodic = False` (they need base
+whose features fill `head.episode_bytes` (default `CHUNK_BYTES`, 16 MiB: about 200 5-way episodes);
+others are fitted episode by episode. Heads marked `episodic = False` (they need base
 rows) and heads whose fit raises `InputError` on an episode are skipped with a note. Heads that
 centre on the base classes (`cosine_ncm`, as SimpleShot) get the mean of the setup's base-class rows
 of train.hdf5 as `task.base_mean`. Transductive heads (class attribute `transductive = True`: they
@@ -46,7 +46,7 @@ from lowshot.run import (
 from lowshot.runtime import pick_device
 from lowshot.stats import mean_ci
 
-CHUNK_BYTES = 1 << 26  # features of the episodes a batched head scores together, unless it says otherwise
+CHUNK_BYTES = 1 << 24  # features of the episodes a batched head scores together, unless it says otherwise
 
 
 def default_heads() -> List[str]:
