@@ -53,7 +53,8 @@ class LaplacianShot(TransductiveHead):
             onehot = F.one_hot(labels, k).to(support.x).t()
             protos = support.weighted(onehot / onehot.sum(1, keepdim=True))
         unary = (query.sq[:, None] - 2 * query.dots(protos) + sq_norms(protos)[..., None]).clamp_min(0)  # (E, k, Q)
-        return bound_updates(unary, self._neighbours(query), self.lam, self.iterations).transpose(1, 2)
+        near = self._neighbours(query).transpose(1, 2).contiguous()  # (E, knn − 1, Q)
+        return bound_updates(unary, near, self.lam, self.iterations).transpose(1, 2)
 
     def _neighbours(self, rows: Rows, step: int = 64) -> torch.Tensor:
         """Indices (E, Q, knn − 1) of each row's knn − 1 nearest other rows, `step` episodes at a time."""
@@ -83,14 +84,14 @@ def smallest(x: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def neighbour_sum(y: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
-    """Σ_{p ∈ N(q)} y_p of shape (E, k, Q) for assignments y (E, k, Q) and neighbour indices near (E, Q, m)."""
-    e, q, m = near.shape
-    picked = y.gather(2, near.reshape(e, 1, q * m).expand(-1, y.shape[1], -1))
-    return picked.view(e, -1, q, m).sum(3)
+    """Σ_{p ∈ N(q)} y_p of shape (E, k, Q) for assignments y (E, k, Q) and neighbour indices near (E, m, Q)."""
+    e, m, q = near.shape
+    picked = y.gather(2, near.reshape(e, 1, m * q).expand(-1, y.shape[1], -1))
+    return picked.view(e, -1, m, q).sum(2)  # over a middle axis: vectorised along the queries
 
 
 def bound_updates(unary: torch.Tensor, near: torch.Tensor, lam: float, iterations: int) -> torch.Tensor:
-    """LaplacianShot's bound updates (E, k, Q) from unaries (E, k, Q) and the kNN graph near (E, Q, m).
+    """LaplacianShot's bound updates (E, k, Q) from unaries (E, k, Q) and the kNN graph near (E, m, Q).
 
     y ← softmax_k(−a + λ P), P_q = Σ_{p ∈ N(q)} y_p. Each episode stops on its own after the first
     update i ≥ 2 (counting from 0) whose bound B = Σ y log y + yᵀa − λ Σ_q y_qᵀ P_q moved by at most
@@ -99,7 +100,7 @@ def bound_updates(unary: torch.Tensor, near: torch.Tensor, lam: float, iteration
     The logits are shifted by each query's smallest unary minus λ·m (all ≤ 0 then), so exp needs no
     max pass (a softmax over a 5-long class axis costs several elementwise passes on a CPU).
     """
-    m = near.shape[2]
+    m = near.shape[1]
     fast = lam * m <= 60  # then exp(logits) cannot underflow at a query's nearest class
     offset = unary.amin(1, keepdim=True) - lam * m if fast else torch.zeros_like(unary[:, :1])  # (E, 1, Q)
     logits0 = offset - unary
