@@ -19,7 +19,7 @@ Prints one markdown row per head, configuration and thread count: ms per 1,000 e
 ratio, lowshot's accuracy, and the largest per-episode accuracy difference between the two on the looped
 episodes (0 = the same predictions' accuracy). Needs the demo's features (`make train features`; the
 weight-generator and PMN heads use `runs/<run>/heads/*.pt` when present, else untrained models of the
-same shape, which cost the same). About 10 minutes on 2 CPU cores:
+same shape, which cost the same). About 4 minutes on 2 CPU cores:
 
     .venv/bin/python benchmarks/episode_heads.py [--episodes 600] [--threads 1 2] [--heads tim pt_map]
 """
