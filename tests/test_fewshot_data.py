@@ -1,6 +1,6 @@
 """The few-shot benchmarks on their published splits: the shipped class lists, each loader on a tiny tree
 in its exact layout, the parts (train classes train, val/test classes test, seeded hold-outs), bad
-layouts as one line, and data → train → features → episodes on miniImageNet's pickles."""
+layouts as one line, and data → train → features → episodes → gfsl on miniImageNet's pickles."""
 import json
 import re
 import shutil
@@ -252,7 +252,7 @@ def test_cifar_copy_and_cub_classes_must_be_the_benchmarks(tmp_path, glyphs6, ti
 
 # ---- the pipeline --------------------------------------------------------------------------------------------
 
-def test_mini_imagenet_pickles_from_data_to_episodes(tmp_path, glyphs6, tiny_lists, monkeypatch):
+def test_mini_imagenet_pickles_from_data_to_episodes_and_gfsl(tmp_path, glyphs6, tiny_lists, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mini_lists(tiny_lists)
     root = mini_pickles(tmp_path / "mini", glyphs6)
@@ -264,5 +264,9 @@ def test_mini_imagenet_pickles_from_data_to_episodes(tmp_path, glyphs6, tiny_lis
     small = ["--set", "episodes=10", "--set", "queries=5", "--set", 'heads=["protonet"]']
     out = invoke("episodes", "--run", "runs/m", "--set", "ways=[2]", *small)
     assert out.exit_code == 0 and "| protonet |" in out.output
+    out = invoke("gfsl", "--run", "runs/m", "--set", "ways=2", "--set", "base_queries=4", *small)
+    assert out.exit_code == 0 and "2-way 1-shot: novel / base / both" in out.output
+    rows = Path("runs/m/gfsl/gfsl.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("head,ways,shots,queries,base_queries,episodes,novel,novel_ci95")
     line = error_line(invoke("benchmark", "--run", "runs/m", "--heads", "protonet"))
     assert "splitfile_1.json: class 4 has no shots" in line and "shot_pool" in line
