@@ -103,7 +103,8 @@ def test_mini_imagenet_csv_and_folder_layouts(tmp_path, glyphs6, tiny_lists):
         assert data.label_names == WNIDS and data.transforms == "crop"  # 84 px
         assert counts(data.train_labels) == [26, 26, 26, 0, 0, 0] and counts(data.test_labels) == [0, 0, 0, 26, 26, 26]
         s = data.default_splits
-        assert (s.base_classes_1, s.base_classes_2, s.novel_classes_1, s.novel_classes_2) == ([0, 1, 2],) * 2 + ([3], [4, 5])
+        assert (s.base_classes_1, s.base_classes_2) == ([0, 1, 2], [0, 1, 2])
+        assert (s.novel_classes_1, s.novel_classes_2) == ([3], [4, 5])
         assert [len(r) for r in data.default_shots[0]] == [20, 20, 20, 0, 0, 0]  # novel classes: no shot pool
     assert csv.train_files[0] == f"images/{WNIDS[0]}{numbers(0)[0]:08d}.jpg"
     assert folders.test_files[0] == f"val/{WNIDS[3]}/{WNIDS[3]}{numbers(3)[0]:08d}.jpg"
@@ -145,7 +146,8 @@ def test_tiered_imagenet(tmp_path, glyphs6, tiny_lists):
     data = DATASETS.create("tiered_imagenet", root=str(tiered_tree(tmp_path / "t", glyphs6, tiny_lists)))
     assert data.label_names == WNIDS and data.transforms == "crop"
     assert counts(data.train_labels) == [26, 26, 26, 0, 0, 0] and counts(data.test_labels) == [0, 0, 0, 26, 26, 26]
-    assert data.default_splits.novel_classes_1 == [3] and data.train_files[0] == f"train/{WNIDS[0]}/{WNIDS[0]}_0000.JPEG"
+    assert data.default_splits.novel_classes_1 == [3]
+    assert data.train_files[0] == f"train/{WNIDS[0]}/{WNIDS[0]}_0000.JPEG"
 
 
 @pytest.mark.parametrize("name,lists", [
@@ -209,7 +211,8 @@ BAD = {
     "mini pickles, a pickle missing": ("mini_imagenet", mini_pickles,
                                        lambda r: (r / "miniImageNet_category_split_val.pickle").unlink(),
                                        "miniImageNet_category_split_val.pickle: file not found"),
-    "tiered, a foreign class": ("tiered_imagenet", None, lambda r: shutil.copytree(r / "val" / WNIDS[3], r / "val" / "n0"),
+    "tiered, a foreign class": ("tiered_imagenet", None,
+                                lambda r: shutil.copytree(r / "val" / WNIDS[3], r / "val" / "n0"),
                                 "val: has 1 classes that are not among the 1 val classes of tieredImageNet, e.g. n0"),
     "omniglot, a drawing missing": ("omniglot", None,
                                     lambda r: next((r / "images_evaluation" / OMNIGLOT["test"][1]).iterdir()).unlink(),
@@ -259,7 +262,8 @@ def test_mini_imagenet_pickles_from_data_to_episodes_and_gfsl(tmp_path, glyphs6,
     assert invoke("data", "--dataset", "mini_imagenet", "--root", root).exit_code == 0
     assert json.loads(Path("experiment_cfgs/mini_imagenet/splitfile_1.json").read_text())[4] == []
     cfg = tiny_train_config(tmp_path / "train.json", epochs=1)
-    assert invoke("train", "--dataset", "mini_imagenet", "--root", root, "--run", "runs/m", "--config", cfg).exit_code == 0
+    train = invoke("train", "--dataset", "mini_imagenet", "--root", root, "--run", "runs/m", "--config", cfg)
+    assert train.exit_code == 0 and '"val_top1"' in train.output  # the held-out base images are test images
     assert invoke("features", "--run", "runs/m").exit_code == 0
     small = ["--set", "episodes=10", "--set", "queries=5", "--set", 'heads=["protonet"]']
     out = invoke("episodes", "--run", "runs/m", "--set", "ways=[2]", *small)
@@ -270,3 +274,12 @@ def test_mini_imagenet_pickles_from_data_to_episodes_and_gfsl(tmp_path, glyphs6,
     assert len(rows) == 3 and rows[0].startswith("head,ways,shots,queries,base_queries,episodes,novel,novel_ci95")
     line = error_line(invoke("benchmark", "--run", "runs/m", "--heads", "protonet"))
     assert "splitfile_1.json: class 4 has no shots" in line and "shot_pool" in line
+
+
+def test_training_on_the_published_parts_reports_no_validation_accuracy(tmp_path, glyphs6, tiny_lists, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tiered_tree(tmp_path / "t", glyphs6, tiny_lists)  # every train-class image is a train image
+    assert invoke("data", "--dataset", "tiered_imagenet", "--root", root).exit_code == 0
+    cfg = tiny_train_config(tmp_path / "train.json", epochs=1)
+    out = invoke("train", "--dataset", "tiered_imagenet", "--root", root, "--run", "runs/t", "--config", cfg)
+    assert out.exit_code == 0 and '"loss"' in out.output and "val_top1" not in out.output  # not a 0 % from nothing

@@ -20,8 +20,9 @@ from lowshot.data.files import require_dir
 from lowshot.errors import InputError
 
 RECORD = 2 + 3 * 32 * 32  # bytes per image in the binary version
-_ALLOWED = {"numpy.ndarray", "numpy.dtype", "_codecs.encode"} | {f"{core}.{name}" for core in ("numpy.core", "numpy._core") for name in
-                                               ("multiarray._reconstruct", "multiarray.scalar", "numeric._frombuffer")}
+_ALLOWED = {"numpy.ndarray", "numpy.dtype", "_codecs.encode"} | {
+    f"{core}.{name}" for core in ("numpy.core", "numpy._core")
+    for name in ("multiarray._reconstruct", "multiarray.scalar", "numeric._frombuffer")}
 
 
 class PlainUnpickler(pickle.Unpickler):

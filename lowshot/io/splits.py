@@ -90,8 +90,8 @@ def _check_label_splits(path, s: LabelSplits) -> None:
     base, novel = set(s.base_classes), set(s.novel_classes_1) | set(s.novel_classes_2)
     if base & novel:
         raise InputError(path, f"base and novel classes overlap: {sorted(base & novel)[:5]}")
-    shared_base = set(s.base_classes_1) & set(s.base_classes_2)
-    if set(s.novel_classes_1) & set(s.novel_classes_2) or (shared_base and set(s.base_classes_1) != set(s.base_classes_2)):
+    b1, b2 = set(s.base_classes_1), set(s.base_classes_2)
+    if set(s.novel_classes_1) & set(s.novel_classes_2) or (b1 & b2 and b1 != b2):
         raise InputError(path, "setups 1 and 2 share classes (their base classes may only be all the same or disjoint)")
     every = base | novel
     if every and (min(every) < 0 or max(every) >= s.num_classes):
