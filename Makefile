@@ -14,7 +14,7 @@ SEED   ?= 0
 # torch/torchvision known to work together on this machine (setup.cfg holds lower bounds only)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test docs docs-results data train features generate train-matching train-weight-generator train-pmn weight-generator pmn benchmark benchmark-slow benchmark-gen episodes report baselines representations objectives incremental incremental-cifar100 clean-demo
+.PHONY: install demo test docs docs-results data train features generate train-matching train-weight-generator train-pmn weight-generator pmn benchmark benchmark-slow benchmark-gen episodes gfsl report baselines representations objectives incremental incremental-cifar100 clean-demo
 
 install: $(VENV)/.installed
 
@@ -71,6 +71,9 @@ benchmark-gen: install
 
 episodes: install
 	$(LOWSHOT) episodes --run $(RUN) --seed $(SEED)
+
+gfsl: install
+	$(LOWSHOT) gfsl --run $(RUN) --seed $(SEED)
 
 report: install
 	$(LOWSHOT) report $(RUN)/results

@@ -245,6 +245,14 @@ def episodes(run, config, sets, seed, device):
     click.echo(run_stage("episodes", config, sets, run=run and run_dir(run), seed=seed, device=device))
 
 
+@stage_command("gfsl")
+@click.option("--run", default=None, help="Run folder (or name under runs/).")
+@common
+def gfsl(run, config, sets, seed, device):
+    from lowshot.run import run_dir
+    click.echo(run_stage("gfsl", config, sets, run=run and run_dir(run), seed=seed, device=device))
+
+
 @main.command("add-class")
 @click.option("--checkpoint", default=None, help="A cosine-classifier checkpoint (lowshot train or add-class).")
 @click.option("--name", default=None, help="Name of the new class.")

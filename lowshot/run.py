@@ -7,6 +7,7 @@
       heads/<model>.pt                train-matching, train-weight-generator, train-pmn
       results/*.json                  benchmark
       episodes/episodes.{csv,md}      episodes
+      gfsl/gfsl.{csv,md}              gfsl
       incremental/setup<k>/           incremental
       report/                         report
     label_splits/<dataset>.json       which classes are base and novel (H&G label_idx.json)
@@ -43,6 +44,7 @@ ARTEFACTS: Dict[str, str] = {
     "pmn": "heads/pmn_hallucinator.pt",
     "results": "results",
     "episodes": "episodes",
+    "gfsl": "gfsl",
     "incremental": "incremental",
     "report": "report",
 }

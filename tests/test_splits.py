@@ -7,6 +7,7 @@ import pytest
 
 from lowshot.errors import InputError
 from lowshot.io.splits import (
+    LabelSplits,
     load_label_splits,
     load_shots,
     make_label_splits,
@@ -56,6 +57,20 @@ def test_hg_label_idx_loads_unchanged(tmp_path):
     (tmp_path / "label_idx.json").write_text(json.dumps(hg))
     s = load_label_splits(tmp_path / "label_idx.json")
     assert s.setup(2)[0].tolist() == [0] and s.setup(2)[1].tolist() == [3] and s.base_classes == [0, 2]
+
+
+def test_setups_may_share_all_their_base_classes_but_not_some(tmp_path):
+    """The few-shot benchmarks: the train classes are the base of both setups; a partial overlap stays an error."""
+    shared = LabelSplits(list("abcdef"), [0, 1], [0, 1], [2, 3], [4, 5])
+    write_label_splits(tmp_path / "fs.json", shared)
+    s = load_label_splits(tmp_path / "fs.json")
+    assert s.base_classes == [0, 1] and json.loads((tmp_path / "fs.json").read_text())["base_classes"] == [0, 1]
+    assert s.setup(1)[0].tolist() == s.setup(2)[0].tolist() == [0, 1]
+    partial = {"base_classes_1": [0, 1], "base_classes_2": [1, 2], "novel_classes_1": [3], "novel_classes_2": [4],
+               "label_names": list("abcde")}
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    with pytest.raises(InputError, match="partial.json: setups 1 and 2 share classes"):
+        load_label_splits(tmp_path / "partial.json")
 
 
 def test_overlapping_base_and_novel_is_an_error(tmp_path):

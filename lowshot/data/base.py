@@ -28,7 +28,8 @@ class ImageDataset:
         label_names: position k is the name of label k.
         meta: provenance (generator version, library versions, seed, ...).
         default_splits: the data set's own label split, written by `lowshot data` instead of a seeded one.
-        default_shots: the data set's own shot files, (num_classes, 20) int64 arrays for experiments 1..5.
+        default_shots: the data set's own shot files for experiments 1..5, each num_classes rows of 20 row
+            indices (an empty row for a class without 20 train images: a few-shot benchmark's novel class).
     """
 
     name: str

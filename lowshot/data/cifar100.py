@@ -8,6 +8,7 @@ data file ever runs. Rows are grouped by fine label (stable within a class).
 """
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 from typing import Any, Dict, List, Tuple
@@ -19,33 +20,39 @@ from lowshot.data.files import require_dir
 from lowshot.errors import InputError
 
 RECORD = 2 + 3 * 32 * 32  # bytes per image in the binary version
-_ALLOWED = {"numpy.ndarray", "numpy.dtype"} | {f"{core}.{name}" for core in ("numpy.core", "numpy._core") for name in
-                                               ("multiarray._reconstruct", "multiarray.scalar", "numeric._frombuffer")}
+_ALLOWED = {"numpy.ndarray", "numpy.dtype", "_codecs.encode"} | {
+    f"{core}.{name}" for core in ("numpy.core", "numpy._core")
+    for name in ("multiarray._reconstruct", "multiarray.scalar", "numeric._frombuffer")}
 
 
 class PlainUnpickler(pickle.Unpickler):
-    """Unpickles dicts, lists, strings, numbers and numpy arrays; any other global is refused."""
+    """Unpickles dicts, lists, strings, numbers and numpy arrays; any other global is refused.
+
+    `_codecs.encode` (text -> bytes) is how Python 3 writes bytes, e.g. an array's buffer, at pickle protocol 2.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         if f"{module}.{name}" not in _ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        if module == "_codecs":
+            return codecs.encode
         if module == "numpy":
             return getattr(np, name)
         core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core to numpy._core
         return getattr(getattr(core, module.rsplit(".", 1)[1]), name)
 
 
-def read_python(path: str) -> Dict[str, Any]:
-    """One file of the python version as a dict with str keys."""
+def read_python(path: str, what: str = "a CIFAR-100 python file") -> Dict[str, Any]:
+    """One file of the python version (or another pickled dict of arrays, `what`) as a dict with str keys."""
     if not os.path.isfile(path):
         raise InputError(path, "file not found")
     try:
         with open(path, "rb") as f:
             obj = PlainUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise InputError(path, f"not a CIFAR-100 python file ({e})") from None
+        raise InputError(path, f"not {what} ({e})") from None
     if not isinstance(obj, dict):
-        raise InputError(path, "not a CIFAR-100 python file (no dict inside)")
+        raise InputError(path, f"not {what} (no dict inside)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
@@ -71,7 +78,8 @@ def binary_part(path: str) -> Tuple[np.ndarray, np.ndarray]:
     return raw[:, 2:].reshape(-1, 3, 32, 32), raw[:, 1].astype(np.int64)
 
 
-def _names(folder: str, binary: bool) -> List[str]:
+def fine_names(folder: str, binary: bool) -> List[str]:
+    """The fine label names of the copy in `folder` (label k = name k)."""
     if binary:
         path = os.path.join(folder, "fine_label_names.txt")
         if not os.path.isfile(path):
@@ -81,7 +89,7 @@ def _names(folder: str, binary: bool) -> List[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
-def _locate(root: str) -> Tuple[str, bool]:
+def locate_copy(root: str) -> Tuple[str, bool]:
     """(folder, is_binary) of the copy under `root`."""
     for folder in (os.path.join(root, "cifar-100-binary"), os.path.join(root, "cifar-100-python"), root):
         if os.path.isfile(os.path.join(folder, "train.bin")):
@@ -94,9 +102,9 @@ def _locate(root: str) -> Tuple[str, bool]:
 @DATASETS.register("cifar100")
 def cifar100(root: str) -> ImageDataset:
     """CIFAR-100 (fine labels) from a local copy; see the module docstring."""
-    folder, binary = _locate(require_dir(root))
+    folder, binary = locate_copy(require_dir(root))
     read, ext = (binary_part, ".bin") if binary else (python_part, "")
-    names = _names(folder, binary)
+    names = fine_names(folder, binary)
     parts = []
     for split in ("train", "test"):
         images, labels = read(os.path.join(folder, split + ext))

@@ -14,11 +14,12 @@ import os
 import numpy as np
 
 from lowshot.data.base import DATASETS, FileDataset
+from lowshot.data.fewshot import check_classes, holdout_meta, parts, split_classes
 from lowshot.data.files import read_table, require_dir
 from lowshot.errors import InputError
 from lowshot.io.splits import LabelSplits
 
-SPLITS = ("qi", "random")
+SPLITS = ("qi", "random", "chen")
 
 
 def _column(root: str, name: str, ids: np.ndarray) -> np.ndarray:
@@ -40,23 +41,43 @@ def qi_splits(label_names) -> LabelSplits:
     return LabelSplits(list(label_names), [], list(range(half)), [], list(range(half, len(label_names))))
 
 
+def chen_parts(root: str, names, labels: np.ndarray, shot_pool: int, base_test: int, seed: int):
+    """(train rows, test rows, label split, default shots) of Chen et al.'s split over every image."""
+    lists = split_classes("cub_chen2019")
+    check_classes(os.path.join(root, "classes.txt"), names, sorted(sum(lists, [])), "CUB-200-2011 classes")
+    return parts(labels, names, lists, shot_pool, base_test, seed, source=root)
+
+
 @DATASETS.register("cub")
-def cub(root: str, split: str = "qi", transforms: str = "hg") -> FileDataset:
-    """CUB-200-2011 from `root` (the `CUB_200_2011` folder); see the module docstring."""
+def cub(root: str, split: str = "qi", transforms: str = "hg", shot_pool: int = 0, base_test: int = 0,
+        seed: int = 0) -> FileDataset:
+    """CUB-200-2011 from `root` (the `CUB_200_2011` folder); see the module docstring.
+
+    `shot_pool`, `base_test` and `seed` (images held out per novel / base class, `lowshot.data.fewshot`)
+    apply to `split="chen"` only.
+    """
     require_dir(root)
     if split not in SPLITS:
         raise InputError(root, f"unknown CUB split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if split != "chen" and (shot_pool or base_test):
+        raise InputError(root, "shot_pool and base_test apply to the few-shot split (split: chen) only")
     images = read_table(os.path.join(root, "images.txt"), 2)
     ids = np.asarray([int(i) for i, _ in images], np.int64)
     paths = ["images/" + p.strip() for _, p in images]
     labels = _column(root, "image_class_labels.txt", ids) - 1
-    is_train = _column(root, "train_test_split.txt", ids) == 1
     classes = read_table(os.path.join(root, "classes.txt"), 2)
     names = [name.strip() for _, name in sorted(classes, key=lambda r: int(r[0]))]
     if labels.min() < 0 or labels.max() >= len(names):
         raise InputError(os.path.join(root, "image_class_labels.txt"), f"a class id is outside 1..{len(names)}")
     order = np.lexsort((ids, labels))
-    train, test = order[is_train[order]], order[~is_train[order]]
     meta = {"root": root, "split": split, "sources": dict.fromkeys(("train", "test"), os.path.join(root, "images.txt"))}
+    if split == "chen":
+        train, test, splits, shots = chen_parts(root, names, labels[order], shot_pool, base_test, seed)
+        train, test = order[train], order[test]
+        meta.update(holdout_meta(shot_pool, base_test, seed))
+    else:
+        is_train = _column(root, "train_test_split.txt", ids) == 1
+        train, test = order[is_train[order]], order[~is_train[order]]
+        splits, shots = (qi_splits(names) if split == "qi" else None), None
     return FileDataset("cub", root, [paths[i] for i in train], labels[train], [paths[i] for i in test], labels[test],
-                       names, transforms, meta, qi_splits(names) if split == "qi" else None)
+                       names, transforms, meta, splits, shots)

@@ -2,7 +2,9 @@
 
 Label splits: `label_names` (position k = label k), `base_classes` = `base_classes_1` ∪
 `base_classes_2`, `novel_classes_1`, `novel_classes_2`, all sorted lists of ints. Setup 1
-(`*_1`) is for choosing hyper-parameters, setup 2 (`*_2`) for reported numbers.
+(`*_1`) is for choosing hyper-parameters, setup 2 (`*_2`) for reported numbers. The two setups
+either have disjoint base classes (H&G: two halves) or the same ones (the few-shot benchmarks:
+the train classes are the base classes of both setups, the val and test classes their novel ones).
 
 Shot files: one row per class of 20 global row indices into the train feature file, inside
 that class's rows; the n-shot set is the first n entries of a row (nested across n).
@@ -39,7 +41,7 @@ class LabelSplits:
 
     @property
     def base_classes(self) -> List[int]:
-        return sorted(self.base_classes_1 + self.base_classes_2)
+        return sorted(set(self.base_classes_1) | set(self.base_classes_2))
 
     def setup(self, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """(base classes, novel classes) of setup k ∈ {1, 2} as int64 arrays."""
@@ -88,8 +90,9 @@ def _check_label_splits(path, s: LabelSplits) -> None:
     base, novel = set(s.base_classes), set(s.novel_classes_1) | set(s.novel_classes_2)
     if base & novel:
         raise InputError(path, f"base and novel classes overlap: {sorted(base & novel)[:5]}")
-    if set(s.novel_classes_1) & set(s.novel_classes_2) or set(s.base_classes_1) & set(s.base_classes_2):
-        raise InputError(path, "setups 1 and 2 share classes")
+    b1, b2 = set(s.base_classes_1), set(s.base_classes_2)
+    if set(s.novel_classes_1) & set(s.novel_classes_2) or (b1 & b2 and b1 != b2):
+        raise InputError(path, "setups 1 and 2 share classes (their base classes may only be all the same or disjoint)")
     every = base | novel
     if every and (min(every) < 0 or max(every) >= s.num_classes):
         raise InputError(path, f"a class index is outside 0..{s.num_classes - 1}")
@@ -125,6 +128,9 @@ def load_shots(path: str | os.PathLike, train_labels: np.ndarray, classes: np.nd
     if max(classes, default=-1) >= len(rows):
         raise InputError(path, f"has {len(rows)} rows but class {max(classes)} is needed")
     for c in classes:
+        if not rows[c]:
+            raise InputError(path, f"class {c} has no shots: its data set keeps every image of it as a test image "
+                                   "(a few-shot benchmark's default); hold a shot pool out (`shot_pool`) to run this")
         if len(rows[c]) < n:
             raise InputError(path, f"class {c} has {len(rows[c])} shots, fewer than n = {n}")
     idx = np.array([rows[c][:n] for c in classes], np.int64)

@@ -3,7 +3,7 @@
     data ─► train ─► features ─► generate, train-matching, train-weight-generator, train-pmn
                          │                              │
                          └──────────► benchmark ◄───────┘ ─► report
-                                      episodes, incremental (side protocols)
+                                      episodes, gfsl, incremental (side protocols)
 
 Each `Stage` names its command (`lowshot <name>`, `make <name>`, one SLURM job), its config class
 and function (imported when first used, so the CLI starts without torch), and the run-folder
@@ -83,6 +83,10 @@ STAGES: Tuple[Stage, ...] = (
     Stage("episodes", "lowshot.protocols.episodes:EpisodesConfig", "lowshot.protocols.episodes:episodes",
           ("train_features", "test_features"), ("episodes",),
           "Episodic N-way K-shot evaluation on novel-class test features (mean ± 95 % interval).", model_reads=True),
+    Stage("gfsl", "lowshot.protocols.gfsl:GFSLConfig", "lowshot.protocols.gfsl:gfsl",
+          ("train_features", "test_features"), ("gfsl",),
+          "Generalised few-shot episodes (Gidaris & Komodakis): novel classes beside every base class; novel, "
+          "base and both accuracies.", model_reads=True),
     Stage("incremental", "lowshot.protocols.incremental:IncrementalConfig", "lowshot.protocols.incremental:incremental",
           ("checkpoint",), ("incremental",),
           'N base classes + 1 new class (the fair "40 + 1" protocol): one CSV row per (method, n, class, draw).'),

@@ -195,8 +195,8 @@ def train(cfg: TrainConfig) -> Path:
         write_json(run.root / "train_config.json", dataclasses.asdict(cfg))
     for epoch in range(start, cfg.epochs):
         stats = train_one_epoch(net, opt, sched, cfg, epoch, feed, scaler, ctx, device, objective)
-        if objective.uses_classifier:  # a metric objective leaves the classifier untrained
-            stats.update(evaluate(model, val, cfg, ctx, device))
+        if objective.uses_classifier and len(val):  # a metric objective leaves the classifier untrained; a few-shot
+            stats.update(evaluate(model, val, cfg, ctx, device))  # benchmark's base classes may have no test images
         stats.update(epoch=epoch, lr=opt.param_groups[0]["lr"])
         if ctx.main:
             _log(run, stats)
