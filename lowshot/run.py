@@ -8,6 +8,7 @@
       results/*.json                  benchmark
       episodes/episodes.{csv,md}      episodes
       incremental/setup<k>/           incremental
+      fscil/<protocol>/               fscil
       report/                         report
     label_splits/<dataset>.json       which classes are base and novel (H&G label_idx.json)
     experiment_cfgs/<dataset>/        splitfile_{1..5}.json: the shots of each experiment
@@ -44,6 +45,7 @@ ARTEFACTS: Dict[str, str] = {
     "results": "results",
     "episodes": "episodes",
     "incremental": "incremental",
+    "fscil": "fscil",
     "report": "report",
 }
 
