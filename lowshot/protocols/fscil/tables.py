@@ -145,9 +145,11 @@ def plot(summ: pd.DataFrame, path: Path) -> None:
             ax.fill_between(g["session"], 100 * (g["mean"] - g["ci95"].fillna(0)),
                             100 * (g["mean"] + g["ci95"].fillna(0)), color=colour, alpha=0.2)
         ax.set(xlabel="session (1 = base)", ylabel="accuracy (%)", title=title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(methods), 5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * ((len(methods) + 4) // 5), 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
