@@ -279,7 +279,7 @@ def test_fscil_end_to_end_on_synthetic_features_and_a_rerun_reuses_every_cell(fe
     out = Path("runs/synth/fscil/draw_base_classes_2_novel_classes_2_3x1way5shot")
     rows = [line.split(",") for line in (out / "fscil.csv").read_text().splitlines()]
     assert len(rows) == 1 + 6 * 2 * 4 and {"top1", "base_accuracy", "new_accuracy", "harmonic_mean"} <= set(rows[0])
-    for name in ("overall.csv", "summary.csv", "paired.csv", "tables.md", "fscil.png"):
+    for name in ("overall.csv", "summary.csv", "summary_overall.csv", "paired.csv", "tables.md", "fscil.png"):
         assert (out / name).stat().st_size > 0
     assert "top-1 last session" in result.output and "published trends" in result.output
     trial = load_sessions(str(out / "sessions" / "trial_1.json"))
@@ -307,3 +307,23 @@ def test_the_cifar100_fscil_label_split_trains_on_exactly_the_base_session():
     classes = session_classes(load_sessions("cifar100"))
     assert splits.base_classes == classes[0] and splits.novel_classes_2 == sorted(sum(classes[1:], []))
     assert splits.label_names == load_sessions("cifar100")["class_names"]
+
+
+def test_several_training_seeds_make_the_intervals_over_representations(feature_project):
+    from conftest import gaussian_features
+
+    from lowshot.io.features import read_features, write_features
+    first = read_features("runs/synth/features/train.hdf5")
+    for split, per_class in (("train", 40), ("test", 10)):
+        feats, labels = gaussian_features(per_class=per_class, noise_seed=7 + per_class)
+        write_features(f"runs/synth2/features/{split}.hdf5",
+                       FeatureSet(feats, labels, first.attrs, first.classifier_weight, first.classifier_scale))
+    result = invoke("fscil", "--run", "runs/synth", "--more-runs", "runs/synth2", "--methods", "prototype,logreg",
+                    *DRAW)
+    assert result.exit_code == 0, result.output
+    assert "over 2 representations (each the mean of 2 trials)" in result.output
+    summary = Path("runs/synth/fscil/draw_base_classes_2_novel_classes_2_3x1way5shot/summary.csv").read_text()
+    header, *rows = [line.split(",") for line in summary.splitlines()]
+    rows = [r for r in rows if r[header.index("n")] != "0"]  # new-class accuracy has no value in the base session
+    assert rows and all(r[header.index("representations")] == "2" and r[header.index("n")] == "2" for r in rows)
+    assert {r[header.index("session")] for r in rows} == {"1", "2", "3", "4"}

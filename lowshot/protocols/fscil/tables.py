@@ -178,15 +178,16 @@ def markdown(summ: pd.DataFrame, over: pd.DataFrame, diffs: pd.DataFrame, df: pd
 
 
 def write_report(df: pd.DataFrame, out: Path, baseline: str, seconds: float) -> str:
-    """Write `fscil.csv`, `overall.csv`, `summary.csv`, `paired.csv`, `tables.md` and `fscil.png` under
-    `out`; returns the markdown."""
+    """Write `fscil.csv`, `overall.csv`, `summary.csv` (per session), `summary_overall.csv`, `paired.csv`,
+    `tables.md` and `fscil.png` under `out`; returns the markdown."""
     per_run = overall(df)
     summ = summarise(df, ["method", "session"], PER_SESSION)
     over = summarise(per_run, ["method"], OVERALL)
     diffs = paired(per_run, baseline, OVERALL, []) if baseline in set(df.method) else pd.DataFrame()
     write_csv(df, out / "fscil.csv")
     write_csv(per_run, out / "overall.csv")
-    write_csv(pd.concat([summ, over]), out / "summary.csv")
+    write_csv(summ, out / "summary.csv")
+    write_csv(over, out / "summary_overall.csv")
     write_csv(diffs, out / "paired.csv")
     text = markdown(summ, over, diffs, df, seconds)
     with atomic_path(out / "tables.md") as tmp:
