@@ -1,0 +1,1 @@
+"""Side protocols beside the low-shot grid: episodes, incremental (N + 1), add-class, representations, fscil."""
