@@ -14,7 +14,7 @@ SEED   ?= 0
 # torch/torchvision known to work together on this machine (setup.cfg holds lower bounds only)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test docs docs-results data train features generate train-matching train-weight-generator train-pmn weight-generator pmn benchmark benchmark-slow benchmark-gen episodes gfsl report baselines representations objectives incremental incremental-cifar100 clean-demo
+.PHONY: install demo test docs docs-results data train features generate train-matching train-weight-generator train-pmn weight-generator pmn benchmark benchmark-slow benchmark-gen episodes gfsl report baselines representations objectives incremental incremental-cifar100 fscil clean-demo
 
 install: $(VENV)/.installed
 
@@ -149,6 +149,14 @@ incremental-cifar100: install
 	@test -n "$(CIFAR_ROOT)" || { echo "set CIFAR_ROOT to a folder holding cifar-100-binary/ or cifar-100-python/"; exit 1; }
 	$(LOWSHOT) train --config configs/incremental_cifar100_train.json --root $(CIFAR_ROOT) --run runs/incremental_cifar100 --seed $(SEED)
 	$(LOWSHOT) incremental --run runs/incremental_cifar100 --dataset cifar100 --root $(CIFAR_ROOT) --config configs/incremental_cifar100.json --seed $(SEED)
+
+# Few-shot class-incremental sessions on the demo's features (docs "Few-shot class-incremental learning"): 100 base
+# classes (base_classes_2, seen in training), then 10 sessions of 10-way 5-shot from novel_classes_2, 5 trials; reuses
+# $(RUN)'s features and generator, making them (the demo's train, features and generate stages) when missing
+fscil: install
+	@test -f $(RUN)/features/train.hdf5 || $(MAKE) --no-print-directory train features
+	@test -f $(RUN)/generator/generator.pt || $(MAKE) --no-print-directory generate
+	$(LOWSHOT) fscil --run $(RUN) --config configs/fscil_glyphs.json --seed $(SEED)
 
 clean-demo:
 	rm -rf $(RUN)

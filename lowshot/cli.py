@@ -331,6 +331,25 @@ def incremental(run, checkpoint, dataset, root, setup, classes, draws, ns, metho
     click.echo(f"wrote {path}")
 
 
+@stage_command("fscil")
+@click.option("--run", default=None, help="Run folder (or name under runs/).")
+@click.option("--more-runs", default=None, help="Comma-separated runs of the same representation with other seeds.")
+@click.option("--sessions", default=None,
+              help="cifar100 | mini_imagenet | cub200 (shipped), a session file, or draw [default: draw].")
+@click.option("--root", default=None, help="The data set copy a published session file names (sets dataset_args.root).")
+@click.option("--trials", type=int, default=None, help="Shot draws / session orderings [default: 5].")
+@click.option("--methods", default=None, help="Comma-separated methods [default: all].")
+@click.option("--force", is_flag=True, default=None, help="Recompute cells that exist.")
+@common
+def fscil(run, more_runs, sessions, root, trials, methods, force, config, sets, seed, device):
+    from lowshot.run import run_dir
+    path = run_stage("fscil", config, sets, with_root(root), run=run and run_dir(run),
+                     more_runs=more_runs and [run_dir(r.strip()) for r in more_runs.split(",") if r.strip()],
+                     sessions=sessions, trials=trials, methods=methods and [m.strip() for m in methods.split(",")],
+                     force=force, seed=seed, device=device)
+    click.echo(f"wrote {path}")
+
+
 @main.command()
 @click.option("--run", required=True, help="Run folder (or name under runs/).")
 @click.option("--from-stage", default=None, help="The first job; earlier stages' outputs must exist [default: train].")

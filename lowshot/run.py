@@ -9,6 +9,7 @@
       episodes/episodes.{csv,md}      episodes
       gfsl/gfsl.{csv,md}              gfsl
       incremental/setup<k>/           incremental
+      fscil/<protocol>/               fscil
       report/                         report
     label_splits/<dataset>.json       which classes are base and novel (H&G label_idx.json)
     experiment_cfgs/<dataset>/        splitfile_{1..5}.json: the shots of each experiment
@@ -46,6 +47,7 @@ ARTEFACTS: Dict[str, str] = {
     "episodes": "episodes",
     "gfsl": "gfsl",
     "incremental": "incremental",
+    "fscil": "fscil",
     "report": "report",
 }
 

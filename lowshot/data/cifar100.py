@@ -4,7 +4,9 @@
 byte, 1 fine-label byte and 3,072 pixel bytes, plus `fine_label_names.txt`) or `cifar-100-python/`
 (`train`, `test`, `meta`: pickled dicts). The binary version is parsed directly; the python version
 is read only through an unpickler that builds plain containers and numpy arrays, so no code from a
-data file ever runs. Rows are grouped by fine label (stable within a class).
+data file ever runs. Rows are grouped by fine label (stable within a class); `meta["train_index"]` and
+`meta["test_index"]` give each row's position in the file (the original order, which published index
+lists such as the FSCIL sessions refer to).
 """
 from __future__ import annotations
 
@@ -105,11 +107,12 @@ def cifar100(root: str) -> ImageDataset:
     folder, binary = locate_copy(require_dir(root))
     read, ext = (binary_part, ".bin") if binary else (python_part, "")
     names = fine_names(folder, binary)
-    parts = []
+    parts, index = [], {}
     for split in ("train", "test"):
         images, labels = read(os.path.join(folder, split + ext))
         if len(labels) and labels.max() >= len(names):
             raise InputError(os.path.join(folder, split + ext), f"label {labels.max()} but only {len(names)} class names")
         order = np.argsort(labels, kind="stable")
         parts += [np.ascontiguousarray(images[order]), labels[order]]
-    return ImageDataset("cifar100", *parts, names, {"root": root, "format": "binary" if binary else "python"})
+        index[f"{split}_index"] = order
+    return ImageDataset("cifar100", *parts, names, {"root": root, "format": "binary" if binary else "python", **index})

@@ -1,1 +1,1 @@
-"""Side protocols on cached features or a trained model: episodes, gfsl, incremental, add-class, representations."""
+"""Side protocols beside the low-shot grid: episodes, gfsl, incremental (N + 1), add-class, representations, fscil."""

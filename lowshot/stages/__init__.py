@@ -3,7 +3,7 @@
     data ─► train ─► features ─► generate, train-matching, train-weight-generator, train-pmn
                          │                              │
                          └──────────► benchmark ◄───────┘ ─► report
-                                      episodes, gfsl, incremental (side protocols)
+                                      episodes, gfsl, incremental, fscil (side protocols)
 
 Each `Stage` names its command (`lowshot <name>`, `make <name>`, one SLURM job), its config class
 and function (imported when first used, so the CLI starts without torch), and the run-folder
@@ -90,6 +90,10 @@ STAGES: Tuple[Stage, ...] = (
     Stage("incremental", "lowshot.protocols.incremental:IncrementalConfig", "lowshot.protocols.incremental:incremental",
           ("checkpoint",), ("incremental",),
           'N base classes + 1 new class (the fair "40 + 1" protocol): one CSV row per (method, n, class, draw).'),
+    Stage("fscil", "lowshot.protocols.fscil:FSCILConfig", "lowshot.protocols.fscil:fscil",
+          ("train_features", "test_features", "generator"), ("fscil",),
+          "Few-shot class-incremental sessions (a base session, then N-way K-shot sessions): per-session accuracy "
+          "of incremental learners with intervals."),
     Stage("report", "lowshot.stages.report:ReportConfig", "lowshot.stages.report:report", ("results",), ("report",),
           "Tables (markdown on stdout, CSV files) and a plot from result folders.", gpu=False),
 )
