@@ -138,9 +138,10 @@ def main():
 @click.option("--dataset-args", default="{}", callback=_json_object, help="JSON keyword arguments of the data set loader.")
 @click.option("--seed", type=int, default=0)
 @click.option("--force", is_flag=True, help="Rewrite split and shot files that exist.")
-def data(dataset, root, dataset_args, seed, force):
+@click.option("--verify", is_flag=True, help="Decode every image first (in parallel) and list all that fail.")
+def data(dataset, root, dataset_args, seed, force, verify):
     for path in run_stage("data", None, (), with_root(root), dataset=dataset, dataset_args=dataset_args, seed=seed,
-                          force=force):
+                          force=force, verify=verify):
         click.echo(f"wrote {path}")
 
 

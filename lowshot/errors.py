@@ -5,5 +5,5 @@ class InputError(ValueError):
     """Bad user input (a file, an option): the message names the file and the problem."""
 
     def __init__(self, path, problem: str):
-        self.path = str(path) if path is not None else None
+        self.path, self.problem = (str(path) if path is not None else None), problem
         super().__init__(f"{path}: {problem}" if path is not None else problem)

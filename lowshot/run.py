@@ -29,7 +29,7 @@ import numpy as np
 
 from lowshot.errors import InputError
 from lowshot.io.features import FeatureSet, read_features
-from lowshot.io.splits import LabelSplits, load_label_splits
+from lowshot.io.splits import SHOTS_DATA, LabelSplits, check_same_data, load_label_splits, shots_data
 
 NO_DATASET = ("records no data set: pass --set splits=<label split file> "
               "and, to benchmark, --set shots_dir=<folder of splitfile_k.json>")
@@ -125,13 +125,30 @@ def load_inputs(run: str, features_dir: Optional[str] = None, splits: Optional[s
     fdir = Path(features_dir) if features_dir else RunFolder(Path(run)).features
     train = read_features(fdir / "train.hdf5", lazy)
     test = read_features(test_features_path(fdir, test_features), lazy) if need_test else None
-    dataset = train.attrs.get("dataset")
-    if not dataset and (splits is None or (need_test and shots is None)):
+    if not data_key(train) and need_test and shots is None:
         raise InputError(train.path, NO_DATASET)
-    spath = splits_path(dataset, splits)
-    label_splits = load_label_splits(spath)
+    label_splits, spath = splits_for(train, splits)
     check_compatible(train, test, label_splits, spath)
-    return RunInputs(train, test, label_splits, spath, shots_dir(dataset, shots))
+    sdir = shots_dir(data_key(train), shots)
+    if need_test:
+        check_same_data(sdir / SHOTS_DATA, shots_data(sdir), train.attrs.get("data_fingerprint"), train.path)
+    return RunInputs(train, test, label_splits, spath, sdir)
+
+
+def data_key(fs: FeatureSet) -> Optional[str]:
+    """The key of the data a feature file was made from (its split files' name), or None when it records none."""
+    return fs.attrs.get("data_key") or fs.attrs.get("dataset")
+
+
+def splits_for(fs: FeatureSet, explicit: Optional[str] = None) -> Tuple[LabelSplits, Path]:
+    """The label split of the data `fs` was made from (`explicit`, else `label_splits/<key>.json`), checked to
+    describe that data; an `InputError` when neither is known."""
+    if not explicit and not data_key(fs):
+        raise InputError(fs.path, NO_DATASET)
+    path = splits_path(data_key(fs), explicit)
+    splits = load_label_splits(path)
+    check_same_data(path, splits.data, fs.attrs.get("data_fingerprint"), fs.path)
+    return splits, path
 
 
 def check_compatible(train: FeatureSet, test: Optional[FeatureSet], splits: LabelSplits, spath: Path) -> None:

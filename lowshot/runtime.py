@@ -1,7 +1,14 @@
-"""Where and how a process computes: the device, and the CPU threads of its tensor operations."""
+"""Where and how a process computes: the device, the CPUs it may use, and the threads of its tensor operations.
+
+`available_cpus` counts the CPUs this process may really use — its affinity mask, a cgroup CPU
+quota (containers) and `SLURM_CPUS_PER_TASK` — not the machine's core count: on a 64-core node
+where SLURM gave the job 4 CPUs, 64 threads or workers would each wait on the others.
+"""
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 from typing import Optional
 
 import torch
@@ -14,16 +21,34 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def available_cpus() -> int:
+    """The CPUs this process may use: the smallest of its affinity mask, the cgroup quota and $SLURM_CPUS_PER_TASK."""
+    counts = [len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)]
+    quota = _cgroup_quota()
+    if quota:
+        counts.append(quota)
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        counts.append(int(slurm))
+    return max(1, min(counts))
+
+
+def _cgroup_quota(path: str = "/sys/fs/cgroup/cpu.max") -> Optional[int]:
+    """CPUs allowed by a cgroup v2 quota ("max 100000" or "200000 100000"), rounded up; None without one."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+
+
 @contextlib.contextmanager
 def single_thread(device: torch.device):
     """One intra-op CPU thread for the block (on a CPU device): sequential small products, such as an LSTM's
     (1, d) × (d, 4d) steps, gain nothing from OpenMP, whose barriers cost 10× when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1 if device.type == "cpu" else before)
-    try:
+    with cpu_threads(1 if device.type == "cpu" else None):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

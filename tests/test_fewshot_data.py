@@ -260,7 +260,8 @@ def test_mini_imagenet_pickles_from_data_to_episodes_and_gfsl(tmp_path, glyphs6,
     mini_lists(tiny_lists)
     root = mini_pickles(tmp_path / "mini", glyphs6)
     assert invoke("data", "--dataset", "mini_imagenet", "--root", root).exit_code == 0
-    assert json.loads(Path("experiment_cfgs/mini_imagenet/splitfile_1.json").read_text())[4] == []
+    (shots,) = Path("experiment_cfgs").glob("mini_imagenet-*")
+    assert json.loads((shots / "splitfile_1.json").read_text())[4] == []
     cfg = tiny_train_config(tmp_path / "train.json", epochs=1)
     train = invoke("train", "--dataset", "mini_imagenet", "--root", root, "--run", "runs/m", "--config", cfg)
     assert train.exit_code == 0 and '"val_top1"' in train.output  # the held-out base images are test images

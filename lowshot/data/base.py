@@ -1,6 +1,7 @@
 """The data registry and the types its entries share (`lowshot.data` re-exports them)."""
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -9,14 +10,42 @@ import numpy as np
 import torch
 
 from lowshot.errors import InputError
+from lowshot.io.fingerprint import digest
 from lowshot.io.splits import LabelSplits
 from lowshot.registry import Registry
 
 DATASETS = Registry("dataset")
 
 
+class DataIdentity:
+    """What split files, shot files, checkpoints and feature files record of the data they were made from.
+
+    `fingerprint` digests the class list and the image list (labels in row order, and the file names of a
+    data set on disk), not the pixels: a split or shot file stays valid for the same classes and rows
+    whatever the images' bytes (glyphs rendered by another matplotlib), and not for another tree. `key`
+    names the data set's files (`label_splits/<key>.json`, `experiment_cfgs/<key>/`): the data set's name
+    for data that comes with lowshot, `<name>-<first 8 digits>` for data read from a folder, so two trees
+    of one kind in one working folder never share files.
+    """
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        files = (getattr(self, "train_files", None), getattr(self, "test_files", None))
+        return digest(list(self.label_names), np.asarray(self.train_labels, np.int64),
+                      np.asarray(self.test_labels, np.int64), *files)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.fingerprint[:8]}" if self.meta.get("root") else self.name
+
+    def record(self) -> Dict[str, Any]:
+        """The data record that files made from this data carry."""
+        return {"dataset": self.name, "key": self.key, "fingerprint": self.fingerprint,
+                "classes": self.num_classes, "train_images": len(self.train_labels)}
+
+
 @dataclass
-class ImageDataset:
+class ImageDataset(DataIdentity):
     """Images of every class in memory, split into a train part and a test part.
 
     Attributes:
@@ -52,7 +81,7 @@ class ImageDataset:
 
 
 @dataclass
-class FileDataset:
+class FileDataset(DataIdentity):
     """Images of every class as files under `root`, decoded only when read (see `lowshot.data.stream`).
 
     Attributes:

@@ -8,7 +8,6 @@ each process gets `1/world` of every global batch, so the effective batch size s
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, List, Optional, Tuple
@@ -22,6 +21,7 @@ from lowshot.data.stream import EpochSampler, ImageFiles, make_loader, subset
 from lowshot.data.transforms import TRANSFORMS, Preset
 from lowshot.distributed import Dist
 from lowshot.errors import InputError
+from lowshot.runtime import available_cpus
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
@@ -44,7 +44,7 @@ class FeedOptions:
     def num_workers(self) -> int:
         if self.workers >= 0:
             return self.workers
-        return max(1, min(8, (os.cpu_count() or 2) // self.ctx.world - 1))
+        return max(1, min(8, available_cpus() // self.ctx.world - 1))
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

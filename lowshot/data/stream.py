@@ -98,3 +98,30 @@ def subset(dataset: ImageFiles, rows: List[int]) -> ImageFiles:
     """The same files restricted to `rows`, in that order."""
     return ImageFiles(dataset.root, [dataset.names[r] for r in rows], dataset.labels[rows], dataset.transform,
                       dataset.seed)
+
+
+def _problem(path: str) -> Optional[str]:
+    """The decoding problem of the image at `path`, or None when it decodes."""
+    try:
+        open_image(path)
+    except UnreadableImage as e:
+        return str(e)
+    return None
+
+
+def undecodable(root: str, names: Sequence[str], processes: int) -> List[str]:
+    """"<path>: <problem>" for every image under `root` that does not decode, all of them, with a progress bar
+    (on a terminal); `processes` (forked, no torch in them) decode in parallel."""
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    paths = [os.path.join(root, n) for n in names]
+
+    def collect(problems) -> List[str]:
+        return [p for p in tqdm(problems, total=len(paths), desc="verify images", unit="image", disable=None) if p]
+
+    if processes < 2:
+        return collect(map(_problem, paths))
+    with get_context("fork").Pool(processes) as pool:
+        return collect(pool.imap(_problem, paths, chunksize=64))

@@ -8,13 +8,19 @@ the train classes are the base classes of both setups, the val and test classes 
 
 Shot files: one row per class of 20 global row indices into the train feature file, inside
 that class's rows; the n-shot set is the first n entries of a row (nested across n).
+
+Files written by lowshot record the data they describe (`data`: data set, key, fingerprint of the
+class and image lists; for shot files in `data.json` beside them, since H&G's shot files are bare
+lists), and every stage that reads them checks it against the data or features at hand
+(`check_same_data`). H&G's own files record nothing and load unchanged.
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,6 +40,7 @@ class LabelSplits:
     base_classes_2: List[int]
     novel_classes_1: List[int]
     novel_classes_2: List[int]
+    data: Optional[Dict[str, Any]] = None  # the data the file describes (`DataIdentity.record`), if recorded
 
     @property
     def num_classes(self) -> int:
@@ -53,7 +60,7 @@ class LabelSplits:
 
     def to_json(self) -> dict:
         return {"label_names": self.label_names, "base_classes": self.base_classes,
-                **{k: getattr(self, k) for k in SPLIT_KEYS[1:]}}
+                **{k: getattr(self, k) for k in SPLIT_KEYS[1:]}, **({"data": self.data} if self.data else {})}
 
 
 def make_label_splits(label_names: Sequence[str], seed: int = 0) -> LabelSplits:
@@ -79,7 +86,8 @@ def load_label_splits(path: str | os.PathLike) -> LabelSplits:
     missing = [k for k in ("label_names",) + SPLIT_KEYS[1:] if k not in obj]
     if missing:
         raise InputError(path, f"label split file lacks {', '.join(missing)}")
-    splits = LabelSplits(list(obj["label_names"]), *(sorted(int(c) for c in obj[k]) for k in SPLIT_KEYS[1:]))
+    splits = LabelSplits(list(obj["label_names"]), *(sorted(int(c) for c in obj[k]) for k in SPLIT_KEYS[1:]),
+                         data=obj.get("data"))
     _check_label_splits(path, splits)
     if "base_classes" in obj and sorted(int(c) for c in obj["base_classes"]) != splits.base_classes:
         raise InputError(path, "base_classes is not the union of base_classes_1 and base_classes_2")
@@ -156,3 +164,29 @@ def _read_json(path):
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(path, f"not valid JSON ({e})") from None
+
+
+SHOTS_DATA = "data.json"  # beside the shot files: the data they describe
+
+
+def write_shots_data(folder: str | os.PathLike, record: Dict[str, Any]) -> None:
+    """Record beside a folder of shot files which data they index."""
+    with atomic_path(Path(folder) / SHOTS_DATA) as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def shots_data(folder: str | os.PathLike) -> Optional[Dict[str, Any]]:
+    """The data record beside a folder of shot files (None for H&G's, which have none)."""
+    path = Path(folder) / SHOTS_DATA
+    return _read_json(path) if path.exists() else None
+
+
+def check_same_data(path, recorded: Optional[Dict[str, Any]], fingerprint: Optional[str], what: str) -> None:
+    """One `InputError` naming `path` when the file records other data than the `fingerprint` of `what` (no check
+    when either side records nothing: H&G's files, features of other code)."""
+    if not recorded or not fingerprint or recorded.get("fingerprint") == fingerprint:
+        return
+    raise InputError(path, f"was written for other data ({recorded.get('dataset')} with {recorded.get('classes')} "
+                           f"classes and {recorded.get('train_images')} train images, fingerprint "
+                           f"{recorded.get('fingerprint')}) than {what} (fingerprint {fingerprint}): run `lowshot data` "
+                           "on this data, which writes its own files, or pass the files made for it")

@@ -33,13 +33,12 @@ from lowshot.errors import InputError
 from lowshot.heads import HEADS, Task
 from lowshot.io.atomic import atomic_path
 from lowshot.io.features import FeatureSet, read_features
-from lowshot.io.splits import LabelSplits, load_label_splits
+from lowshot.io.splits import LabelSplits
 from lowshot.run import (
-    NO_DATASET,
     RunFolder,
     check_compatible,
     rows_of,
-    splits_path,
+    splits_for,
     test_features_path,
     trained_model,
 )
@@ -159,11 +158,7 @@ def _load(cfg: EpisodesConfig):
     """Test features, the setup's novel classes and the mean (d,) of its base classes' train rows (or None)."""
     folder = Path(cfg.features_dir) if cfg.features_dir else RunFolder(Path(cfg.run)).features
     test = read_features(test_features_path(folder, cfg.test_features))
-    dataset = test.attrs.get("dataset")
-    if cfg.splits is None and not dataset:
-        raise InputError(test.path, NO_DATASET)
-    spath = splits_path(dataset, cfg.splits)
-    splits = load_label_splits(spath)
+    splits, spath = splits_for(test, cfg.splits)
     check_compatible(test, None, splits, spath)
     base, novel = splits.setup(cfg.setup)
     return test, novel, _base_mean(folder / "train.hdf5", test, base, splits, spath)

@@ -24,9 +24,10 @@ from lowshot.backbones import Model
 from lowshot.backbones.external import build_external, check_source
 from lowshot.data import DATASETS, ImageDataset
 from lowshot.data.feeds import FeedOptions, make_feed
+from lowshot.data.stream import UnreadableImage
 from lowshot.io.checkpoints import load_checkpoint, trained_model
 from lowshot.io.features import BLOCK_ROWS, FeatureSet, feature_writer
-from lowshot.io.fingerprint import digest, file_digest
+from lowshot.io.fingerprint import digest, file_digest, up_to_date
 from lowshot.precision import autocast
 from lowshot.run import RunFolder
 
@@ -108,14 +109,25 @@ def _save_part(batches: Iterator[np.ndarray], path: Path, num_rows: int, dim: in
     del out
 
 
-def _is_current(path: Path, digest: str) -> bool:
-    if not path.exists():
-        return False
+def _stored_identity(path: Path) -> Optional[Dict[str, Any]]:
+    """The identity a feature file records (None for an unreadable file or one written before identities)."""
     try:
         with h5py.File(path, "r") as f:
-            return f.attrs.get("checkpoint_sha1") == digest
+            return json.loads(f.attrs["identity"]) if "identity" in f.attrs else None
     except OSError:
-        return False
+        return None
+
+
+def _up_to_date(paths: Dict[str, Path], identity: Dict[str, Any], source: str) -> bool:
+    if all(up_to_date(p, identity, _stored_identity) for p in paths.values()):
+        print(f"features in {next(iter(paths.values())).parent} are up to date with {source}")
+        return True
+    return False
+
+
+def _data_attrs(data) -> Dict[str, Any]:
+    """What a feature file records of its images: the data set's key and the fingerprint of its class and image lists."""
+    return {"dataset": data.name, "data_key": data.key, "data_fingerprint": data.fingerprint}
 
 
 def _load_model(ckpt_path: Path, ckpt, data, device: torch.device):
@@ -136,7 +148,12 @@ def _write_splits(model, data, opts: FeedOptions, cfg: FeaturesConfig, paths: Di
         header = FeatureSet(np.zeros((0, model.trunk.num_features), np.float32), labels, {**attrs, "split": split},
                             weight, scale)
         batches = extract_batches(model, feed, rows, cfg.batch_size, opts.device, cfg.amp)
-        write_rows(_progress(batches, len(rows), f"features {split}"), len(rows), header, ctx, path, split)
+        try:
+            write_rows(_progress(batches, len(rows), f"features {split}"), len(rows), header, ctx, path, split)
+        except UnreadableImage as e:
+            raise UnreadableImage(e.path, f"{e.problem}; to list every image that fails at once, run "
+                                          f"`lowshot data --dataset {data.name} --root {data.meta.get('root')} --verify`"
+                                  ) from None
         if ctx.main:
             print(f"wrote {path} ({len(labels)} rows)")
     distributed.barrier(ctx)
@@ -163,21 +180,20 @@ def features(cfg: FeaturesConfig) -> Dict[str, Path]:
     if cfg.backbone:
         return external_features(cfg)
     ckpt_path = Path(cfg.checkpoint or RunFolder(Path(cfg.run)).path("checkpoint"))
-    out, paths = _output_paths(cfg)
-    digest = file_digest(ckpt_path) if ckpt_path.exists() else ""
+    _, paths = _output_paths(cfg)
     ckpt = load_checkpoint(ckpt_path)
-    if not cfg.force and all(_is_current(p, digest) for p in paths.values()):
-        print(f"features in {out} are up to date with {ckpt_path}")
-        return paths
-    tcfg = ckpt["config"]
-    ctx, device = distributed.setup(cfg.device)
+    tcfg, checkpoint_digest = ckpt["config"], file_digest(ckpt_path)
     data = DATASETS.create(tcfg["dataset"], **tcfg["dataset_args"])
+    identity = {"checkpoint": checkpoint_digest, "data": data.fingerprint}
+    if not cfg.force and _up_to_date(paths, identity, str(ckpt_path)):
+        return paths
+    ctx, device = distributed.setup(cfg.device)
     model = _load_model(ckpt_path, ckpt, data, device)
     opts = FeedOptions(device, ctx, cfg.workers, tcfg.get("channels_last", False), False, tcfg.get("transforms"),
                        tcfg.get("image_size"), tcfg["seed"])
     weight, scale = _trained_classifier(model, tcfg)
-    attrs = {"dataset": tcfg["dataset"], "checkpoint": str(ckpt_path), "checkpoint_sha1": digest,
-             "model": tcfg["backbone"], "classifier": tcfg["classifier"], "seed": tcfg["seed"], "epoch": int(ckpt["epoch"]),
+    attrs = {**_data_attrs(data), "identity": json.dumps(identity), "checkpoint": str(ckpt_path),
+             "checkpoint_sha1": checkpoint_digest, "model": tcfg["backbone"], "classifier": tcfg["classifier"], "seed": tcfg["seed"], "epoch": int(ckpt["epoch"]),
              "objective": tcfg.get("objective", "ce")}
     _write_splits(model, data, opts, cfg, paths, attrs, weight, scale)
     return paths
@@ -191,21 +207,20 @@ def external_features(cfg: FeaturesConfig) -> Dict[str, Path]:
     overrides, seed, data set), so an unchanged extraction is skipped.
     """
     check_source(cfg.backbone, cfg.weights, cfg.random_init)
-    out, paths = _output_paths(cfg)
+    _, paths = _output_paths(cfg)
     weights = file_digest(cfg.weights) if cfg.weights else "random-init"
-    inputs = {"model": cfg.backbone, "weights_digest": weights, "preprocess": cfg.preprocess,
-              "seed": cfg.seed if cfg.random_init else None, "dataset": cfg.dataset, "dataset_args": cfg.dataset_args}
-    key = digest(inputs)
-    if not cfg.force and all(_is_current(p, key) for p in paths.values()):
-        print(f"features in {out} are up to date with {cfg.backbone} ({weights})")
+    data = DATASETS.create(cfg.dataset, **cfg.dataset_args)
+    identity = {"model": cfg.backbone, "weights_digest": weights, "preprocess": cfg.preprocess,
+                "seed": cfg.seed if cfg.random_init else None, "data": data.fingerprint}
+    if not cfg.force and _up_to_date(paths, identity, f"{cfg.backbone} ({weights})"):
         return paths
     ctx, device = distributed.setup(cfg.device)
-    data = DATASETS.create(cfg.dataset, **cfg.dataset_args)
     torch.manual_seed(cfg.seed)  # the same random initialisation in every process
     trunk = build_external(cfg.backbone, cfg.weights, cfg.random_init, cfg.preprocess, isinstance(data, ImageDataset))
     prep = trunk.preprocessing
     opts = FeedOptions(device, ctx, cfg.workers, False, False, seed=cfg.seed, preset=prep.preset())
-    attrs = {"dataset": cfg.dataset, "checkpoint": cfg.weights or "random-init", "checkpoint_sha1": key,
+    attrs = {**_data_attrs(data), "identity": json.dumps(identity), "checkpoint": cfg.weights or "random-init",
+             "checkpoint_sha1": digest(identity),
              "model": cfg.backbone, "weights_digest": weights, "preprocessing": json.dumps(dataclasses.asdict(prep)),
              "seed": cfg.seed}
     _write_splits(Model(trunk, nn.Identity()).to(device), data, opts, cfg, paths, attrs, None, None)

@@ -25,25 +25,22 @@ from lowshot.data import DATASETS
 from lowshot.data.feeds import FeedOptions, make_feed, timed
 from lowshot.errors import InputError
 from lowshot.io.atomic import write_json
+from lowshot.io.fingerprint import NOT_IDENTITY, digest, identity_fields
 from lowshot.io.checkpoints import load_checkpoint, model_from_config, save_checkpoint
-from lowshot.io.splits import load_label_splits
+from lowshot.io.splits import check_same_data, load_label_splits
 from lowshot.losses import AUX_LOSSES
 from lowshot.objectives import OBJECTIVES, Objective
 from lowshot.precision import autocast, grad_scaler
 from lowshot.run import RunFolder, splits_path
 
-# settings that change speed only: a run may resume with other values
-SPEED_ONLY = ("epochs", "device", "save_every", "workers", "compile")
-
-
 @dataclass
 class TrainConfig:
     """Representation training. The defaults are H&G's ResNet-10 recipe (90 epochs, step schedule)."""
 
-    run: str = "runs/demo"
+    run: str = field(default="runs/demo", metadata=NOT_IDENTITY)
     dataset: str = "glyphs"
     dataset_args: Dict[str, Any] = field(default_factory=dict)
-    splits: Optional[str] = None  # default: label_splits/<dataset>.json
+    splits: Optional[str] = field(default=None, metadata=NOT_IDENTITY)  # default: label_splits/<data key>.json
     backbone: str = "resnet10"
     width: float = 1.0
     stem: str = "imagenet"
@@ -52,7 +49,7 @@ class TrainConfig:
     aux_weight: float = 0.0
     objective: str = "ce"  # ce | protonet | magnet | repmet (lowshot/objectives/)
     objective_args: Dict[str, Any] = field(default_factory=dict)  # the objective's keyword arguments
-    epochs: int = 90
+    epochs: int = field(default=90, metadata=NOT_IDENTITY)  # a run may resume to train longer
     batch_size: int = 256
     lr: float = 0.1
     momentum: float = 0.9
@@ -64,13 +61,13 @@ class TrainConfig:
     augment: bool = True
     transforms: Optional[str] = None  # on-disk data: augmentation preset (default: the data set's)
     image_size: Optional[int] = None  # on-disk data: side of the crops (default: the preset's, 224 for hg)
-    workers: int = -1  # decoding processes per training process (-1: one per spare core, at most 8)
+    workers: int = field(default=-1, metadata=NOT_IDENTITY)  # decoding processes per training process (-1: auto)
     amp: str = "off"  # off | bf16 | fp16
     channels_last: bool = False
-    compile: bool = False
-    save_every: int = 10
+    compile: bool = field(default=False, metadata=NOT_IDENTITY)
+    save_every: int = field(default=10, metadata=NOT_IDENTITY)
     seed: int = 0
-    device: str = "auto"
+    device: str = field(default="auto", metadata=NOT_IDENTITY)
 
 
 def _lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -164,9 +161,12 @@ def build_objective(cfg: TrainConfig, model: Model, feed, splits, device: torch.
 
 
 def build_feeds(cfg: TrainConfig, ctx: distributed.Dist, device: torch.device):
-    """(data set, label splits, train feed, validation feed) of the base classes."""
+    """(data set, label splits, train feed, validation feed) of the base classes; the split file must describe
+    the data (`lowshot data` wrote it for them)."""
     data = DATASETS.create(cfg.dataset, **cfg.dataset_args)
-    splits = load_label_splits(splits_path(cfg.dataset, cfg.splits))
+    path = splits_path(data.key, cfg.splits)
+    splits = load_label_splits(path)
+    check_same_data(path, splits.data, data.fingerprint, f"data set {data.key}")
     opts = FeedOptions(device, ctx, cfg.workers, cfg.channels_last, cfg.augment, cfg.transforms, cfg.image_size, cfg.seed)
     base = np.asarray(splits.base_classes, np.int64)
     train = make_feed(data, "train", np.isin(data.train_labels, base), opts)
@@ -188,7 +188,8 @@ def train(cfg: TrainConfig) -> Path:
     steps = objective.steps(feed, cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s, steps))
     scaler = grad_scaler(device, cfg.amp)
-    start = _resume(run.path("checkpoint"), model, opt, sched, scaler, cfg, objective)
+    identity = train_identity(cfg, data, splits)
+    start = _resume(run.path("checkpoint"), model, opt, sched, scaler, identity, objective)
     net = distributed.wrap(model, ctx, device)
     net = torch.compile(net) if cfg.compile else net
     if ctx.main:
@@ -200,9 +201,10 @@ def train(cfg: TrainConfig) -> Path:
         stats.update(epoch=epoch, lr=opt.param_groups[0]["lr"])
         if ctx.main:
             _log(run, stats)
-            _save(run, model, opt, sched, scaler, epoch, cfg, objective)
+            _save(run, model, opt, sched, scaler, epoch, cfg, objective, identity, data.record())
     if cfg.epochs == 0 and ctx.main:  # an untrained network: the random-initialisation baseline
-        save_checkpoint(run.path("checkpoint"), model, opt, sched, -1, dataclasses.asdict(cfg), scaler)
+        save_checkpoint(run.path("checkpoint"), model, opt, sched, -1, dataclasses.asdict(cfg), scaler,
+                        {"identity": identity, "data": data.record()})
     distributed.barrier(ctx)
     return run.path("checkpoint")
 
@@ -214,25 +216,44 @@ def _log(run: RunFolder, stats: Dict[str, float]) -> None:
         log.write(json.dumps(stats) + "\n")
 
 
-def _save(run: RunFolder, model, opt, sched, scaler, epoch: int, cfg: TrainConfig, objective: Objective) -> None:
-    """`<epoch>.pt` every `save_every` epochs and at the end; `last.pt` after every epoch (with the
-    objective's own state, e.g. RepMet's representatives, when it has one)."""
-    config, extra = dataclasses.asdict(cfg), ({"objective": objective.state_dict()} if objective.state_dict() else {})
+def _save(run: RunFolder, model, opt, sched, scaler, epoch: int, cfg: TrainConfig, objective: Objective,
+          identity: Dict[str, Any], data: Dict[str, Any]) -> None:
+    """`<epoch>.pt` every `save_every` epochs and at the end; `last.pt` after every epoch, each with the run's
+    identity, its data record and the objective's own state (e.g. RepMet's representatives) when it has one."""
+    config, extra = dataclasses.asdict(cfg), {"identity": identity, "data": data}
+    extra.update({"objective": objective.state_dict()} if objective.state_dict() else {})
     if epoch % cfg.save_every == 0 or epoch == cfg.epochs - 1:
         save_checkpoint(run.checkpoints / f"{epoch}.pt", model, opt, sched, epoch, config, scaler, extra)
     save_checkpoint(run.path("checkpoint"), model, opt, sched, epoch, config, scaler, extra)
 
 
-def _resume(path: Path, model, opt, sched, scaler, cfg: TrainConfig, objective: Objective) -> int:
+def train_identity(cfg: TrainConfig, data, splits) -> Dict[str, Any]:
+    """What determines the weights: the config's identity fields (the data set's arguments without its root),
+    the fingerprint of the data and the label split's classes; never where the run folder or the data lie."""
+    config = identity_fields(cfg)
+    config["dataset_args"] = {k: v for k, v in cfg.dataset_args.items() if k != "root"}
+    return {"config": config, "data": data.fingerprint, "splits": digest({**splits.to_json(), "data": None})}
+
+
+def _legacy_identity(config: Dict[str, Any], identity: Dict[str, Any]) -> Dict[str, Any]:
+    """The identity of a checkpoint written before identities were recorded: its config's identity fields."""
+    saved = {k: v for k, v in config.items() if k in identity["config"]}
+    saved["dataset_args"] = {k: v for k, v in config.get("dataset_args", {}).items() if k != "root"}
+    return {"config": saved}
+
+
+def _resume(path: Path, model, opt, sched, scaler, identity: Dict[str, Any], objective: Objective) -> int:
     """Restore from `last.pt` if present; returns the first epoch still to run."""
     if not path.exists():
         return 0
     ckpt = load_checkpoint(path)
-    saved = {k: v for k, v in ckpt["config"].items() if k not in SPEED_ONLY}
-    now = {k: v for k, v in dataclasses.asdict(cfg).items() if k in saved}
-    if saved != now:
-        diff = sorted(k for k in saved if saved[k] != now.get(k))
-        raise InputError(path, f"exists with a different configuration ({', '.join(diff)}); use another --run")
+    saved = ckpt.get("identity") or _legacy_identity(ckpt["config"], identity)
+    now = {**identity, "config": {k: v for k, v in identity["config"].items() if k in saved["config"]}}
+    if saved != {k: now[k] for k in saved}:
+        diff = sorted(k for k in now["config"] if saved["config"].get(k) != now["config"][k])
+        diff += [k for k in ("data", "splits") if k in saved and saved[k] != now[k]]
+        raise InputError(path, f"was trained with another {', '.join(diff)}: resume with the same settings, "
+                               "or train into another --run")
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
