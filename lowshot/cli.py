@@ -11,17 +11,20 @@ import json
 
 import click
 
-from lowshot.errors import InputError
+from lowshot.errors import InputError, os_error
 
 
 class Group(click.Group):
-    """Bad input becomes one `Error: <file>: <problem>` line and exit status 1, no traceback."""
+    """Bad input, and any file-system error (read-only folder, full disk, permission denied, missing parent),
+    becomes one `Error: <file>: <problem>` line and exit status 1, no traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except InputError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:
+            raise click.ClickException(str(os_error(e))) from None
 
 
 class RegistryChoice(click.Choice):

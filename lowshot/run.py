@@ -29,7 +29,13 @@ import numpy as np
 
 from lowshot.errors import InputError
 from lowshot.io.features import FeatureSet, read_features
-from lowshot.io.splits import SHOTS_DATA, LabelSplits, check_same_data, load_label_splits, shots_data
+from lowshot.io.splits import (
+    SHOTS_DATA,
+    LabelSplits,
+    check_same_data,
+    load_label_splits,
+    shots_data,
+)
 
 NO_DATASET = ("records no data set: pass --set splits=<label split file> "
               "and, to benchmark, --set shots_dir=<folder of splitfile_k.json>")

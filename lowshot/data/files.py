@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -61,3 +61,11 @@ def read_table(path: str, columns: int) -> List[List[str]]:
     if bad is not None:
         raise InputError(path, f"line {bad + 1} has fewer than {columns} fields")
     return rows
+
+
+def cache_root(cache_dir: Optional[str] = None) -> str:
+    """The cache folder: `cache_dir`, `$LOWSHOT_CACHE`, `$XDG_CACHE_HOME/lowshot` or ~/.cache/lowshot."""
+    root = cache_dir or os.environ.get("LOWSHOT_CACHE")
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "lowshot")
+    return os.path.expanduser(root)

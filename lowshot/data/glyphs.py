@@ -31,6 +31,7 @@ from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps, features
 
 from lowshot.data.base import DATASETS, ImageDataset
+from lowshot.data.files import cache_root
 from lowshot.errors import InputError
 from lowshot.io.atomic import atomic_path
 
@@ -69,14 +70,6 @@ def library_versions() -> Dict[str, str]:
         "freetype": features.version("freetype2") or "", "matplotlib": matplotlib.__version__,
         "numpy": np.__version__, "fonttools": fontTools.version, "unicode": unicodedata.unidata_version,
     }
-
-
-def cache_root(cache_dir: Optional[str] = None) -> str:
-    """The cache folder: `cache_dir`, `$LOWSHOT_CACHE`, `$XDG_CACHE_HOME/lowshot` or ~/.cache/lowshot."""
-    root = cache_dir or os.environ.get("LOWSHOT_CACHE")
-    if not root:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "lowshot")
-    return os.path.expanduser(root)
 
 
 # ---- class list -------------------------------------------------------------------------------

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from lowshot.data.base import DATASETS, FileDataset
-from lowshot.data.files import class_blocks, class_tree, require_dir, subfolders
+from lowshot.data.files import (
+    cache_root,
+    class_blocks,
+    class_tree,
+    require_dir,
+    subfolders,
+)
 from lowshot.errors import InputError
 from lowshot.io.atomic import atomic_path
+from lowshot.io.fingerprint import digest
 from lowshot.io.splits import SHOTS_PER_CLASS, load_label_splits
 
 HG_TRAIN_ROWS = 1_281_167  # rows of H&G's train.json (the full ILSVRC-2012 train set)
@@ -53,20 +60,39 @@ def read_meta(path: str) -> Dict[str, Any]:
     return meta
 
 
-def meta_for(path: str, root: str, split: str, label_names: Optional[List[str]]) -> Dict[str, Any]:
-    """Read the meta file at `path`, or build it from the `root/<split>` tree and write it there."""
-    if os.path.exists(path):
-        return read_meta(path)
+def meta_for(path: Optional[str], root: str, split: str, label_names: Optional[List[str]]) -> Tuple[Dict[str, Any], str]:
+    """The meta file at `path`, or the one built from the `root/<split>` tree into the cache (never into `root`),
+    and the path it was read from."""
+    if path and os.path.exists(path):
+        return read_meta(path), path
     if not os.path.isdir(os.path.join(root, split)):
-        raise InputError(path, f"meta file not found, and {os.path.join(root, split)} is no ImageNet tree to build it from")
+        raise InputError(path or root, f"meta file not found, and {os.path.join(root, split)} is no ImageNet tree "
+                                       "to build it from")
+    cached = path or built_meta_path(root, split, label_names)
+    if os.path.exists(cached):
+        return read_meta(cached), cached
     meta = build_meta(root, split, label_names)
-    try:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(meta, separators=(",", ":")))
-    except OSError as e:
-        raise InputError(path, f"cannot write the meta file built from the tree ({e.strerror}); pass meta_dir") from None
-    print(f"built {path} from {os.path.join(root, split)} ({len(meta['image_names'])} images)")
-    return meta
+    with atomic_path(cached) as tmp:
+        tmp.write_text(json.dumps(meta, separators=(",", ":")))
+    print(f"built {cached} from {os.path.join(root, split)} ({len(meta['image_names'])} images)")
+    return meta, cached
+
+
+def meta_file(root: str, meta_dir: Optional[str], name: str) -> Optional[str]:
+    """The meta file to read or write: in `meta_dir` when given, else in `root` when it is there (H&G's own), else
+    None (built into the cache)."""
+    if meta_dir or os.path.isabs(name):
+        return os.path.join(meta_dir or "", name)
+    return os.path.join(root, name) if os.path.exists(os.path.join(root, name)) else None
+
+
+def built_meta_path(root: str, split: str, label_names: Optional[List[str]]) -> str:
+    """Where the meta file built from `root/<split>` is cached: named by the tree (its real path and the change
+    times of its class folders, which any added or removed image changes) and the label order."""
+    tree = os.path.join(os.path.realpath(root), split)
+    stamp = [(e.name, e.stat().st_mtime_ns) for e in sorted(os.scandir(tree), key=lambda e: e.name) if e.is_dir()]
+    key = digest(tree, os.stat(tree).st_mtime_ns, stamp, label_names)
+    return os.path.join(cache_root(), "imagenet-meta", f"{split}-{key}.json")
 
 
 def check_names(path: str, names: List[str], reference: List[str], reference_path: str) -> None:
@@ -121,18 +147,19 @@ def imagenet(root: str, train_meta: str = "train.json", test_meta: str = "val.js
 
     Args:
         root: the folder image names are relative to.
-        train_meta, test_meta: meta file names inside `meta_dir` (default: `root`), or paths.
+        train_meta, test_meta: meta file names inside `meta_dir` (default: `root`), or paths; when none exists,
+            it is built from the tree into lowshot's cache folder (nothing is written into `root`).
         label_idx: H&G's `label_idx.json`: fixes the label order and becomes the label split.
         splitfiles: folder of H&G's `splitfile_{1..5}.json`: become the shot files.
     """
     require_dir(root)
     splits = load_label_splits(label_idx) if label_idx else None
-    paths = [os.path.join(meta_dir or root, name) for name in (train_meta, test_meta)]
-    train = meta_for(paths[0], root, "train", splits.label_names if splits else None)
+    paths = [meta_file(root, meta_dir, name) for name in (train_meta, test_meta)]
+    train, paths[0] = meta_for(paths[0], root, "train", splits.label_names if splits else None)
     names = splits.label_names if splits else train["label_names"]
     if splits:
         check_names(paths[0], train["label_names"], names, label_idx)
-    test = meta_for(paths[1], root, "val", names)
+    test, paths[1] = meta_for(paths[1], root, "val", names)
     check_names(paths[1], test["label_names"], names, label_idx or paths[0])
     train_labels, test_labels = (np.asarray(m["image_labels"], np.int64) for m in (train, test))
     shots = load_splitfiles(splitfiles, train_labels, names, paths[0]) if splitfiles else None

@@ -22,19 +22,19 @@ import numpy as np
 from lowshot.data import DATASETS
 from lowshot.data.stream import undecodable
 from lowshot.errors import InputError
-from lowshot.runtime import available_cpus
 from lowshot.io.splits import (
     SHOTS_PER_CLASS,
     LabelSplits,
+    check_same_data,
     load_label_splits,
     make_label_splits,
     make_shots,
-    check_same_data,
     shots_data,
     write_label_splits,
     write_shots,
     write_shots_data,
 )
+from lowshot.runtime import available_cpus
 
 NUM_EXPERIMENTS = 5
 

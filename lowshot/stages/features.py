@@ -78,7 +78,10 @@ def write_rows(batches: Iterator[np.ndarray], num_rows: int, header: FeatureSet,
     its contiguous run of rows into a part file (`.<split>.rank<r>.npy`, filled batch by batch);
     rank 0 then copies the parts in rank order, block by block, into the file: the same file.
     """
+    stale = lambda: path.parent.glob(f".{split}.rank*.npy")  # noqa: E731  (part files of any earlier run)
     if ctx.world == 1:
+        for old in stale():  # a killed torchrun's parts: no other process writes them now
+            old.unlink()
         with feature_writer(path, header) as write:
             for batch in batches:
                 write(batch)
@@ -94,8 +97,8 @@ def write_rows(batches: Iterator[np.ndarray], num_rows: int, header: FeatureSet,
                 for start in range(0, len(rows), BLOCK_ROWS):
                     write(np.asarray(rows[start:start + BLOCK_ROWS]))
                 del rows
-        for r in range(ctx.world):
-            part(r).unlink()
+        for old in stale():
+            old.unlink()
 
 
 def _save_part(batches: Iterator[np.ndarray], path: Path, num_rows: int, dim: int) -> None:

@@ -25,13 +25,14 @@ from lowshot.data import DATASETS
 from lowshot.data.feeds import FeedOptions, make_feed, timed
 from lowshot.errors import InputError
 from lowshot.io.atomic import write_json
-from lowshot.io.fingerprint import NOT_IDENTITY, digest, identity_fields
 from lowshot.io.checkpoints import load_checkpoint, model_from_config, save_checkpoint
+from lowshot.io.fingerprint import NOT_IDENTITY, digest, identity_fields
 from lowshot.io.splits import check_same_data, load_label_splits
 from lowshot.losses import AUX_LOSSES
 from lowshot.objectives import OBJECTIVES, Objective
 from lowshot.precision import autocast, grad_scaler
 from lowshot.run import RunFolder, splits_path
+
 
 @dataclass
 class TrainConfig:
