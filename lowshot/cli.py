@@ -8,6 +8,7 @@ text, config class and function come from the stage table. Component choices (`-
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -131,8 +132,12 @@ def with_root(root):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="lowshot")
-def main():
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars on stderr [default: on a terminal only, not in logs].")
+def main(progress):
     """Low-shot recognition benchmark: data → train → features → [generate] → benchmark → report."""
+    if progress is not None:
+        os.environ["LOWSHOT_PROGRESS"] = "1" if progress else "0"  # for this process and those it starts
 
 
 @stage_command("data")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from typing import Optional
 
 import torch
@@ -60,3 +61,14 @@ def cpu_threads(n: Optional[int]):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def progress(iterable=None, show: bool = True, **kwargs):
+    """A tqdm progress bar on stderr, with the time left: shown on a terminal and hidden in logs (CI, SLURM)
+    unless `lowshot --progress` (or $LOWSHOT_PROGRESS=1) asks for it, or `--no-progress` (=0) hides it;
+    `show=False` hides it always (e.g. in every process but the first)."""
+    from tqdm import tqdm
+
+    wanted = os.environ.get("LOWSHOT_PROGRESS", "")
+    disable = {"1": False, "0": True}.get(wanted) if show else True
+    return tqdm(iterable, file=sys.stderr, disable=disable, dynamic_ncols=True, **kwargs)

@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from lowshot.errors import InputError
+from lowshot.runtime import progress
 
 
 class UnreadableImage(InputError):
@@ -114,12 +115,10 @@ def undecodable(root: str, names: Sequence[str], processes: int) -> List[str]:
     (on a terminal); `processes` (forked, no torch in them) decode in parallel."""
     from multiprocessing import get_context
 
-    from tqdm import tqdm
-
     paths = [os.path.join(root, n) for n in names]
 
     def collect(problems) -> List[str]:
-        return [p for p in tqdm(problems, total=len(paths), desc="verify images", unit="image", disable=None) if p]
+        return [p for p in progress(problems, total=len(paths), desc="verify images", unit="image") if p]
 
     if processes < 2:
         return collect(map(_problem, paths))

@@ -18,12 +18,12 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from lowshot import __version__
 from lowshot.errors import InputError
 from lowshot.io.atomic import atomic_path
 from lowshot.io.fingerprint import digest
+from lowshot.runtime import progress
 
 FEATURE_NAMES = ("all_feats", "all_features")
 BLOCK_ROWS = 1 << 16  # rows per block when a file is read or hashed whole (128 MB at d = 512)
@@ -208,8 +208,8 @@ def _read_all(rows: FeatureRows) -> np.ndarray:
     starts = range(0, len(rows), BLOCK_ROWS)
     with h5py.File(rows.path, "r") as f:
         ds = f[rows.name]
-        for start in tqdm(starts, desc=f"read {os.path.basename(rows.path)}", unit="block", leave=False,
-                          disable=None if len(starts) > 4 else True):
+        for start in progress(starts, desc=f"read {os.path.basename(rows.path)}", unit="block", leave=False,
+                              show=len(starts) > 4):
             stop = min(start + BLOCK_ROWS, len(rows))
             ds.read_direct(out, np.s_[start:stop], np.s_[start:stop])
             if not np.isfinite(out[start:stop]).all():

@@ -33,7 +33,7 @@ from lowshot.run import (
     rows_of,
     trained_model,
 )
-from lowshot.runtime import pick_device
+from lowshot.runtime import pick_device, progress
 
 SHOTS = (1, 2, 5, 10, 20)
 EXPERIMENTS = (1, 2, 3, 4, 5)
@@ -250,12 +250,13 @@ def benchmark(cfg: BenchmarkConfig) -> List[Path]:
             HEADS.get(name)
     cfg.expids = cfg.expids or default_expids()
     ctx = load_context(cfg)
+    cells = [(head, n, expid) for head in runnable_heads(ctx) for n in cfg.ns for expid in cfg.expids]
     written = []
-    for head in runnable_heads(ctx):
-        for n in cfg.ns:
-            for expid in cfg.expids:
-                path = run_cell(ctx, head, n, expid)
-                if path:
-                    written.append(path)
-                    print(f"{head:>12} n={n:<2} exp={expid} -> {path.name}", flush=True)
+    with progress(cells, desc="benchmark cells", unit="cell") as bar:
+        for head, n, expid in bar:
+            bar.set_postfix_str(f"{head} n={n} exp={expid}")
+            path = run_cell(ctx, head, n, expid)
+            if path:
+                written.append(path)
+                bar.write(f"{head:>12} n={n:<2} exp={expid} -> {path.name}")
     return written

@@ -17,7 +17,6 @@ import h5py
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from lowshot import distributed
 from lowshot.backbones import Model
@@ -30,6 +29,7 @@ from lowshot.io.features import BLOCK_ROWS, FeatureSet, feature_writer
 from lowshot.io.fingerprint import digest, file_digest, up_to_date
 from lowshot.precision import autocast
 from lowshot.run import RunFolder
+from lowshot.runtime import progress
 
 
 @dataclass
@@ -64,7 +64,7 @@ def extract_batches(model, feed, rows: np.ndarray, batch_size: int, device: torc
 
 def _progress(batches: Iterator[np.ndarray], rows: int, desc: str) -> Iterator[np.ndarray]:
     """`batches` with a progress bar counting rows (shown on a terminal only)."""
-    with tqdm(total=rows, desc=desc, unit="row", unit_scale=True, leave=False, disable=None) as bar:
+    with progress(total=rows, desc=desc, unit="row", unit_scale=True, leave=False) as bar:
         for batch in batches:
             yield batch
             bar.update(len(batch))

@@ -17,7 +17,6 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lowshot import distributed
 from lowshot.backbones import Model
@@ -32,6 +31,7 @@ from lowshot.losses import AUX_LOSSES
 from lowshot.objectives import OBJECTIVES, Objective
 from lowshot.precision import autocast, grad_scaler
 from lowshot.run import RunFolder, splits_path
+from lowshot.runtime import progress
 
 
 @dataclass
@@ -107,8 +107,8 @@ def train_one_epoch(model, opt, sched, cfg: TrainConfig, epoch: int, feed, scale
     aux_fn = AUX_LOSSES.get(cfg.aux_loss)
     sums, wait, t0 = [0.0, 0.0, 0.0], [0.0], time.perf_counter()
     batches = timed(objective.batches(model, feed, epoch, cfg.batch_size), wait)
-    for x, y in tqdm(batches, total=objective.steps(feed, cfg.batch_size), desc=f"epoch {epoch}", leave=False,
-                     disable=None if ctx.main else True):
+    for x, y in progress(batches, total=objective.steps(feed, cfg.batch_size), desc=f"epoch {epoch}", leave=False,
+                         show=ctx.main):
         with autocast(device, cfg.amp):
             scores, feats = model(x)
             aux = aux_fn(scores, feats, y)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lowshot.errors import InputError
 from lowshot.generators.analogies.loss_classifier import LossClassifier
 from lowshot.generators.analogies.model import AnalogyGenerator, analogy_errors
-from lowshot.runtime import cpu_threads
+from lowshot.runtime import cpu_threads, progress
 
 LOG_EVERY = 10  # progress lines per training run
 
@@ -50,7 +50,7 @@ def train_generator(centroids: torch.Tensor, quads: torch.Tensor, centroid_label
     order = quads[torch.randperm(len(quads), generator=torch.Generator().manual_seed(cfg.seed)).to(device)]
     totals = torch.zeros(3, device=device)  # ce, mse, hits since the last log line
     seen, pos, every = 0, 0, max(1, iterations // LOG_EVERY)
-    for it in range(iterations):
+    for it in progress(range(iterations), desc="generator iterations", leave=False):
         batch = order[pos:pos + cfg.batch_size]  # consumed in order; the wrap batch may be short (H&G)
         pos = 0 if pos + cfg.batch_size >= len(order) else pos + cfg.batch_size
         for group in opt.param_groups:

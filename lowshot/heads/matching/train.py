@@ -15,14 +15,13 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from lowshot.errors import InputError
 from lowshot.heads.base import BaseRows
 from lowshot.heads.matching.model import MatchingNet
 from lowshot.heads.maths import generator, group_rows
 from lowshot.io.fingerprint import NOT_IDENTITY
-from lowshot.runtime import single_thread
+from lowshot.runtime import progress, single_thread
 
 DEFAULT_EPISODES, DEFAULT_CLASSES_PER_EPISODE = 2000, 50
 
@@ -93,7 +92,8 @@ def sgd_on_episodes(model: nn.Module, episode_logp: Callable[[torch.Generator], 
     gen = generator(cfg.seed, torch.device("cpu"))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, dampening=0.9, weight_decay=cfg.wd)
     target, total, hits, log = torch.arange(m, device=next(model.parameters()).device), 0.0, 0, []
-    for ep in tqdm(range(sched["episodes"]), desc=f"{name} episodes", leave=False, disable=None):
+    bar = progress(range(sched["episodes"]), desc=f"{name} episodes", leave=False)
+    for ep in bar:
         opt.param_groups[0]["lr"] = cfg.lr * 0.1 ** (ep // sched["lr_step"])
         logp = episode_logp(gen)
         loss = F.nll_loss(logp, target)
@@ -105,7 +105,7 @@ def sgd_on_episodes(model: nn.Module, episode_logp: Callable[[torch.Generator], 
             if not math.isfinite(total):
                 raise InputError(cfg.run, f"{name} training diverged at episode {ep + 1}; lower --set lr")
             log.append({"episode": ep + 1, "loss": total / every, "query_acc": hits / (every * m)})
-            tqdm.write(f"episode {ep + 1}/{sched['episodes']} lr {opt.param_groups[0]['lr']:g} "
+            bar.write(f"episode {ep + 1}/{sched['episodes']} lr {opt.param_groups[0]['lr']:g} "
                        f"loss {total / every:.4f} query acc {hits / (every * m):.3f}")
             total, hits = 0.0, 0
     return log

@@ -27,7 +27,7 @@ from lowshot.heads.base import BaseRows
 from lowshot.heads.maths import class_means, generator, group_rows, l2_normalise
 from lowshot.heads.weight_generator.model import FewShotWeightGenerator
 from lowshot.io.fingerprint import NOT_IDENTITY
-from lowshot.runtime import single_thread
+from lowshot.runtime import progress, single_thread
 
 IMAGENET_NOVEL_FRACTION = 250 / 389  # fake novel classes per episode in the paper's ImageNet stage 2
 
@@ -134,7 +134,7 @@ def train_generator(data: StartRows, shots: int, m: int, cfg: WeightGeneratorTra
     feats, gen = data.feats.to(device), generator(cfg.seed * 1000 + shots, torch.device("cpu"))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.wd)
     drop_at, tail, total, hits, seen = -(-2 * cfg.episodes // 3), max(1, cfg.episodes // 10), 0.0, 0, 0
-    for ep in range(cfg.episodes):
+    for ep in progress(range(cfg.episodes), desc=f"weight generator n={shots} episodes", leave=False):
         opt.param_groups[0]["lr"] = cfg.lr * (0.1 if ep >= drop_at else 1.0)
         episode = [t.to(device) for t in sample_episode(rows[..., 0], valid, m, shots, cfg, gen)]
         loss, right = episode_loss(model, feats, episode, cfg.dropout)
