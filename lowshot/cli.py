@@ -14,6 +14,10 @@ import click
 
 from lowshot.errors import InputError, os_error
 
+# OpenMP threads wait for work passively: spinning, they collapse 10x when another process shares the cores
+# (docs/speed.md). Set before torch is imported, which the commands do.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 class Group(click.Group):
     """Bad input, and any file-system error (read-only folder, full disk, permission denied, missing parent),
@@ -110,10 +114,12 @@ def run_stage(name: str, config, sets, adjust=None, **flags):
     change it, run the stage; returns what the stage returns."""
     from lowshot.config import resolve_config
     from lowshot.stages import BY_NAME
+    from lowshot.runtime import set_threads
     stage = BY_NAME[name]
     cfg = resolve_config(stage.config_class(), config, _overrides(sets), **flags)
     if adjust:
         adjust(cfg)
+    set_threads(int(os.environ.get("LOWSHOT_THREADS", 0)) or None, stage.small_ops)
     return stage.function()(cfg)
 
 
@@ -134,10 +140,15 @@ def with_root(root):
 @click.version_option(package_name="lowshot")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars on stderr [default: on a terminal only, not in logs].")
-def main(progress):
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Intra-op CPU threads per process [default: 1 for heads and small fits, every CPU the process "
+                   "may use for training and features].")
+def main(progress, threads):
     """Low-shot recognition benchmark: data → train → features → [generate] → benchmark → report."""
     if progress is not None:
         os.environ["LOWSHOT_PROGRESS"] = "1" if progress else "0"  # for this process and those it starts
+    if threads is not None:
+        os.environ["LOWSHOT_THREADS"] = str(threads)
 
 
 @stage_command("data")
@@ -231,9 +242,11 @@ for _name in FEATURE_STAGES:
 @click.option("--generator", default=None, type=RegistryChoice("lowshot.generators", "GENERATORS"))
 @click.option("--max-per-label", type=int, default=None, help="Generate up to M examples per novel class.")
 @click.option("--force", is_flag=True, default=None, help="Recompute cells that have results.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Processes computing cells [default: the CPUs the process may use, on a CPU; 1 on a GPU].")
 @common
-def benchmark(run, heads, ns, expid, setup, test_features, solver, generator, max_per_label, force, config, sets, seed,
-              device):
+def benchmark(run, heads, ns, expid, setup, test_features, solver, generator, max_per_label, force, jobs, config, sets,
+              seed, device):
     from lowshot.run import run_dir
 
     def with_solver(cfg):
@@ -242,7 +255,7 @@ def benchmark(run, heads, ns, expid, setup, test_features, solver, generator, ma
 
     written = run_stage("benchmark", config, sets, with_solver, run=run and run_dir(run), heads=heads, ns=ns,
                         expids=expid, test_features=test_features, setup=setup and int(setup), generator=generator,
-                        max_per_label=max_per_label, force=force, seed=seed, device=device)
+                        max_per_label=max_per_label, force=force, jobs=jobs, seed=seed, device=device)
     click.echo(f"{len(written)} new result files")
 
 

@@ -11,6 +11,9 @@ class InputError(ValueError):
         self.path, self.problem = (str(path) if path is not None else None), problem
         super().__init__(f"{path}: {problem}" if path is not None else problem)
 
+    def __reduce__(self):  # crosses process boundaries (a forked benchmark cell) intact
+        return type(self), (self.path, self.problem)
+
 
 def os_problem(error: OSError) -> str:
     """The file system's reason for an `OSError`, in a few words ("Read-only file system", "No space left on

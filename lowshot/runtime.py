@@ -72,3 +72,25 @@ def progress(iterable=None, show: bool = True, **kwargs):
     wanted = os.environ.get("LOWSHOT_PROGRESS", "")
     disable = {"1": False, "0": True}.get(wanted) if show else True
     return tqdm(iterable, file=sys.stderr, disable=disable, dynamic_ncols=True, **kwargs)
+
+
+def cpu_source() -> str:
+    """Where `available_cpus` got its number, in words."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return "SLURM_CPUS_PER_TASK" if slurm.isdigit() else "cgroup quota" if _cgroup_quota() else "affinity mask"
+
+
+def set_threads(threads: Optional[int], many_small_ops: bool, processes: int = 1) -> int:
+    """Set this process's intra-op CPU threads and say so on stderr; returns it.
+
+    `threads` when given (`lowshot --threads N`); else one thread for work made of many small tensor operations
+    (heads, small fits, training on cached features), whose OpenMP barriers gain little alone and collapse when
+    another process shares the cores (measured in docs/speed.md); else the CPUs the process may use, shared by
+    its `processes`.
+    """
+    cpus = available_cpus()
+    chosen = threads or (1 if many_small_ops else max(1, cpus // processes))
+    torch.set_num_threads(chosen)
+    print(f"lowshot: {cpus} CPUs ({cpu_source()}); {chosen} intra-op thread{'s' * (chosen > 1)} per process",
+          file=sys.stderr)
+    return chosen

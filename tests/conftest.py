@@ -1,9 +1,12 @@
 """Shared fixtures: tiny data made on the fly, never downloaded."""
 import json
+import os
 
-import numpy as np
-import pytest
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the lowshot command sets it, before torch is imported
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from lowshot.io.features import FeatureSet, write_features
 from lowshot.io.splits import LabelSplits, make_shots, write_label_splits, write_shots

@@ -8,10 +8,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from image_trees import WNIDS, corrupt, glyphs6, one_thread, tiny_train_config, trees  # noqa: F401
+from synthetic_cli import error_line, invoke
 
-from lowshot.cli import main
 from lowshot.data import DATASETS
 from lowshot.data.cifar100 import PlainUnpickler
 from lowshot.io.splits import make_label_splits
@@ -22,17 +21,6 @@ def work(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def error_line(result):
-    assert result.exit_code != 0, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]  # progress lines may come first
-    errors = [line for line in lines if line.startswith("Error: ")]
-    assert len(errors) == 1 and all(l.startswith(("Error: ", "built ", "warning: ")) for l in lines), result.output
-    return errors[0]
 
 
 def written_for(kind: str, folder: str = "experiment_cfgs", suffix: str = "") -> Path:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from fewshot_trees import (
     MINI,
     OMNIGLOT,
@@ -24,8 +23,8 @@ from fewshot_trees import (
     tiny_lists,  # noqa: F401 (fixture)
 )
 from image_trees import cifar_trees, cub_tree, one_thread, tiny_train_config  # noqa: F401
+from synthetic_cli import error_line, invoke
 
-from lowshot.cli import main
 from lowshot.data import DATASETS
 from lowshot.data.fewshot import SPLITS_DIR, split_rows
 from lowshot.errors import InputError
@@ -37,16 +36,6 @@ PUBLISHED = {"mini_imagenet": (64, 16, 20), "tiered_imagenet": (351, 97, 160), "
 def shipped(name: str) -> dict:
     return json.loads((SPLITS_DIR / f"{name}.json").read_text())
 
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 # ---- the shipped class lists -----------------------------------------------------------------------------------

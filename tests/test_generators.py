@@ -226,16 +226,12 @@ def test_jitter_plugin_adds_exactly_the_missing_rows(trained):
 
 
 def test_cli_generate_writes_the_generator_and_reports_bad_input_in_one_line(tmp_path):
-    from click.testing import CliRunner
-
-    from lowshot.cli import main
+    from synthetic_cli import error_line, invoke
     fdir, splits = write_project(tmp_path)
     args = ["generate", "--run", str(tmp_path), "--device", "cpu", "--set", f"features_dir={fdir}",
             "--set", f"splits={splits}", "--set", "iterations=20"]
-    result = CliRunner().invoke(main, args)
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "generator" / "generator.pt").exists()
     write_project(tmp_path, weight=False)
-    result = CliRunner().invoke(main, args + ["--set", "classifier=representation"])
-    assert result.exit_code == 1 and result.output.count("\n") == 1
-    assert result.output.startswith("Error: ") and "has no classifier_weight" in result.output
+    assert "has no classifier_weight" in error_line(invoke(*args, "--set", "classifier=representation"))

@@ -35,6 +35,7 @@ class Stage:
     trainer: Optional[str] = None
     model_reads: bool = False
     gpu: bool = True  # computes on a GPU when there is one (SLURM jobs ask for one on GPU partitions)
+    small_ops: bool = True  # many small tensor operations: one CPU thread per process (lowshot.runtime.set_threads)
     job: bool = True  # a SLURM job of `lowshot slurm` (`data` runs once per data set, before)
 
     def config_class(self) -> type:
@@ -65,10 +66,12 @@ STAGES: Tuple[Stage, ...] = (
     Stage("data", "lowshot.stages.data:DataConfig", "lowshot.stages.data:prepare_data", (), (),
           "Make a data set available; write its label split and shot files when missing.", gpu=False, job=False),
     Stage("train", "lowshot.stages.train:TrainConfig", "lowshot.stages.train:train", (), ("checkpoint",),
-          "Train a representation on the base classes (resumes from <run>/checkpoints/last.pt); torchrun for several GPUs."),
+          "Train a representation on the base classes (resumes from <run>/checkpoints/last.pt); torchrun for several GPUs.",
+          small_ops=False),
     Stage("features", "lowshot.stages.features:FeaturesConfig", "lowshot.stages.features:features", ("checkpoint",),
           ("train_features", "test_features"),
-          "Cache penultimate features of every train and test image in <run>/features/{train,test}.hdf5."),
+          "Cache penultimate features of every train and test image in <run>/features/{train,test}.hdf5.",
+          small_ops=False),
     Stage("generate", "lowshot.stages.generate:GenerateConfig", "lowshot.stages.generate:generate",
           ("train_features",), ("generator",),
           "Train the analogy-based feature generator on base-class features (<run>/generator/)."),
@@ -89,7 +92,8 @@ STAGES: Tuple[Stage, ...] = (
           "base and both accuracies.", model_reads=True),
     Stage("incremental", "lowshot.protocols.incremental:IncrementalConfig", "lowshot.protocols.incremental:incremental",
           ("checkpoint",), ("incremental",),
-          'N base classes + 1 new class (the fair "40 + 1" protocol): one CSV row per (method, n, class, draw).'),
+          'N base classes + 1 new class (the fair "40 + 1" protocol): one CSV row per (method, n, class, draw).',
+          small_ops=False),
     Stage("fscil", "lowshot.protocols.fscil:FSCILConfig", "lowshot.protocols.fscil:fscil",
           ("train_features", "test_features", "generator"), ("fscil",),
           "Few-shot class-incremental sessions (a base session, then N-way K-shot sessions): per-session accuracy "

@@ -7,6 +7,7 @@ block by block. Peak memory is thus set by the setup's rows, not by the file.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from lowshot.run import (
     rows_of,
     trained_model,
 )
-from lowshot.runtime import pick_device, progress
+from lowshot.runtime import available_cpus, pick_device, progress
 
 SHOTS = (1, 2, 5, 10, 20)
 EXPERIMENTS = (1, 2, 3, 4, 5)
@@ -58,6 +59,7 @@ class BenchmarkConfig:
     seed: int = 0
     device: str = field(default="auto", metadata=NOT_IDENTITY)
     force: bool = field(default=False, metadata=NOT_IDENTITY)
+    jobs: Optional[int] = field(default=None, metadata=NOT_IDENTITY)  # processes for the cells; default: CPUs / threads
 
 
 def default_expids() -> List[int]:
@@ -252,11 +254,40 @@ def benchmark(cfg: BenchmarkConfig) -> List[Path]:
     ctx = load_context(cfg)
     cells = [(head, n, expid) for head in runnable_heads(ctx) for n in cfg.ns for expid in cfg.expids]
     written = []
-    with progress(cells, desc="benchmark cells", unit="cell") as bar:
-        for head, n, expid in bar:
-            bar.set_postfix_str(f"{head} n={n} exp={expid}")
-            path = run_cell(ctx, head, n, expid)
+    with progress(total=len(cells), desc="benchmark cells", unit="cell") as bar:
+        for (head, n, expid), path in run_cells(ctx, cells, jobs(cfg, ctx.device, len(cells))):
+            bar.update()
             if path:
                 written.append(path)
                 bar.write(f"{head:>12} n={n:<2} exp={expid} -> {path.name}")
     return written
+
+
+def jobs(cfg: BenchmarkConfig, device: torch.device, cells: int) -> int:
+    """Processes for the cells: `cfg.jobs`; else, on a CPU, the CPUs the process may use over its threads (1 on a GPU)."""
+    if cfg.jobs:
+        return max(1, min(cfg.jobs, cells))
+    return 1 if device.type != "cpu" else max(1, min(available_cpus() // torch.get_num_threads(), cells))
+
+
+_CONTEXT: Optional[Context] = None  # the context a forked cell process inherits
+
+
+def _cell(cell: Tuple[str, int, int]) -> Tuple[Tuple[str, int, int], Optional[Path]]:
+    return cell, run_cell(_CONTEXT, *cell)
+
+
+def run_cells(ctx: Context, cells: List[Tuple[str, int, int]], processes: int):
+    """(cell, path written or None) for each cell, computed here or, with `processes` > 1, by forked processes
+    that share the loaded features; every cell is seeded by its coordinates and runs on this process's threads,
+    so its result does not depend on the number of processes."""
+    global _CONTEXT
+    if processes < 2:
+        yield from ((cell, run_cell(ctx, *cell)) for cell in cells)
+        return
+    _CONTEXT = ctx
+    try:
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            yield from pool.imap(_cell, cells)
+    finally:
+        _CONTEXT = None
