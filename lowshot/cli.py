@@ -7,6 +7,7 @@ text, config class and function come from the stage table. Component choices (`-
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -143,12 +144,22 @@ def with_root(root):
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op CPU threads per process [default: 1 for heads and small fits, every CPU the process "
                    "may use for training and features].")
-def main(progress, threads):
+@click.pass_context
+def main(ctx, progress, threads):
     """Low-shot recognition benchmark: data → train → features → [generate] → benchmark → report."""
-    if progress is not None:
-        os.environ["LOWSHOT_PROGRESS"] = "1" if progress else "0"  # for this process and those it starts
-    if threads is not None:
-        os.environ["LOWSHOT_THREADS"] = str(threads)
+    settings = {"LOWSHOT_PROGRESS": None if progress is None else "1" if progress else "0",
+                "LOWSHOT_THREADS": None if threads is None else str(threads)}
+    for name, value in settings.items():  # for this command and the processes it starts; restored after it
+        if value is not None:
+            ctx.call_on_close(functools.partial(_restore, name, os.environ.get(name)))
+            os.environ[name] = value
+
+
+def _restore(name: str, value) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 @stage_command("data")
