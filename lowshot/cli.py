@@ -394,11 +394,15 @@ def fscil(run, more_runs, sessions, root, trials, methods, force, config, sets, 
               help="The benchmark's generator (its training stage joins the jobs).")
 @click.option("--expid", default=None, callback=_int_list, help="Experiment ids of the array [default: 1-5].")
 @click.option("--array-by", default=None, help="One array task per experiment | experiment-head [default: experiment].")
-@click.option("--torchrun", type=int, default=None, help="Run train under torchrun with N processes.")
+@click.option("--torchrun", type=int, default=None, help="Run train under torchrun with N processes per node.")
+@click.option("--nodes", type=int, default=None, help="Nodes of the train job (torchrun on each; --torchrun per node).")
+@click.option("--setup-line", "setup", multiple=True, metavar="LINE",
+              help="A shell line run before each job's command, e.g. 'module load cuda' (repeatable).")
 @click.option("--args", "stage_args", multiple=True, metavar="STAGE=ARGS", help="More options of a stage's command.")
 @click.option("--partition", multiple=True, metavar="[STAGE=]VALUE", help="Per stage, or for all; also a JSON object.")
 @click.option("--account", multiple=True, metavar="[STAGE=]VALUE")
-@click.option("--gpus", multiple=True, metavar="[STAGE=]N")
+@click.option("--gpus", multiple=True, metavar="[STAGE=]N",
+              help="GPUs per job; without STAGE, for the stages that use one [default: 1 on a GPU partition].")
 @click.option("--cpus", multiple=True, metavar="[STAGE=]N", help="CPUs per task.")
 @click.option("--mem", multiple=True, metavar="[STAGE=]SIZE", help="e.g. 16G.")
 @click.option("--time", multiple=True, metavar="[STAGE=]LIMIT", help="e.g. train=2-00:00:00 or 1:00:00.")
@@ -406,8 +410,8 @@ def fscil(run, more_runs, sessions, root, trials, methods, force, config, sets, 
 @click.option("--dry-run", is_flag=True, default=None, help="Print the scripts; write and submit nothing.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field.")
 @click.option("--config", type=click.Path(dir_okay=False), default=None, help="JSON config file.")
-def slurm(run, from_stage, stages, skip, heads, generator, expid, array_by, torchrun, stage_args, submit, dry_run, sets,
-          config, **resources):
+def slurm(run, from_stage, stages, skip, heads, generator, expid, array_by, torchrun, nodes, setup, stage_args, submit,
+          dry_run, sets, config, **resources):
     """Write the pipeline as SLURM jobs chained by dependencies (into <run>/slurm/); --submit submits them.
 
     train -> features -> the stages of the heads' trained models -> benchmark (job array) -> report.
@@ -419,7 +423,8 @@ def slurm(run, from_stage, stages, skip, heads, generator, expid, array_by, torc
     from lowshot.slurm import slurm as slurm_stage
     cfg = resolve_config(SlurmConfig, config, _overrides(sets), run=run_dir(run), from_stage=from_stage,
                          stages=stages and stages.split(","), skip=skip and skip.split(","), heads=heads,
-                         generator=generator, expids=expid, array_by=array_by, torchrun=torchrun,
+                         generator=generator, expids=expid, array_by=array_by, torchrun=torchrun, nodes=nodes,
+                         setup=list(setup) or None,
                          args=per_stage(stage_args, "args") or None, submit=submit, dry_run=dry_run,
                          **{name: per_stage(values, name) or None for name, values in resources.items()})
     click.echo("\n".join(slurm_stage(cfg)))

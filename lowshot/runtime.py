@@ -91,6 +91,7 @@ def set_threads(threads: Optional[int], many_small_ops: bool, processes: int = 1
     cpus = available_cpus()
     chosen = threads or (1 if many_small_ops else max(1, cpus // processes))
     torch.set_num_threads(chosen)
-    print(f"lowshot: {cpus} CPUs ({cpu_source()}); {chosen} intra-op thread{'s' * (chosen > 1)} per process",
+    print(f"lowshot: {cpus} CPU{'s' * (cpus > 1)} ({cpu_source()}); {chosen} intra-op thread{'s' * (chosen > 1)} "
+          "per process",
           file=sys.stderr)
     return chosen

@@ -16,6 +16,7 @@ Scripts and their logs go to `<run>/slurm/` (scripts written atomically).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -60,7 +61,9 @@ class SlurmConfig:
     generator: Optional[str] = None  # the benchmark's generator (its trained model's stage joins the jobs)
     expids: List[int] = field(default_factory=lambda: list(EXPERIMENTS))
     array_by: str = "experiment"  # one array task per experiment id, or per experiment × head
-    torchrun: int = 0  # > 0: run `train` under torchrun with this many processes on the job's node
+    torchrun: int = 0  # > 0: run `train` under torchrun with this many processes per node
+    nodes: int = 1  # > 1: the train job spans this many nodes (torchrun on each, rendezvous on the first)
+    setup: List[str] = field(default_factory=list)  # shell lines run before every job's command (module load ...)
     args: Dict[str, str] = field(default_factory=dict)  # stage -> more options of its `lowshot` command, verbatim
     partition: Dict[str, str] = field(default_factory=dict)
     account: Dict[str, str] = field(default_factory=dict)
@@ -107,8 +110,11 @@ def check_config(cfg: SlurmConfig) -> None:
     for stage in cfg.skip + [s for s in cfg.stages if s != "all"]:
         _check_choice(stage, JOBS, "--stages/--skip")
     _check_choice(cfg.array_by, ARRAY_BY, "--array-by")
-    if cfg.torchrun < 0:
-        raise InputError(None, f"--torchrun {cfg.torchrun}: a number of processes must be >= 0")
+    if cfg.torchrun < 0 or cfg.nodes < 1:
+        raise InputError(None, f"--torchrun {cfg.torchrun} --nodes {cfg.nodes}: processes must be >= 0, nodes >= 1")
+    if any("\n" in line for line in cfg.setup):
+        raise InputError(None, "--setup-line: one shell line each (repeat the option for several)")
+    check_paths(cfg)
     if not cfg.heads or not cfg.expids:
         raise InputError(None, "the benchmark array needs at least one head and one experiment id")
     for stage in cfg.args:
@@ -118,6 +124,24 @@ def check_config(cfg: SlurmConfig) -> None:
             _check_choice(stage, JOBS + ("all",), f"--{name} stage")
             if not pattern.match(str(value)):
                 raise InputError(None, f"--{name} {stage}={value!r}: SLURM would reject it; expected {what}")
+
+
+PATH_OPTIONS = ("--config", "--checkpoint", "--weights", "--root", "--images", "--features", "--test-features")
+PATH_KEYS = ("splits", "shots_dir", "features_dir", "test_features", "checkpoint", "generator_file")
+
+
+def check_paths(cfg: SlurmConfig) -> None:
+    """Every file or folder named in a stage's `--args` exists (seen from the jobs' working folder): a typo is an
+    error now, not after the job waited in the queue."""
+    for stage, args in cfg.args.items():
+        words = shlex.split(args)
+        named = [(o, v) for o, v in zip(words, words[1:]) if o in PATH_OPTIONS]
+        named += [("--set", v.split("=", 1)[1]) for o, v in zip(words, words[1:])
+                  if o == "--set" and v.split("=", 1)[0] in PATH_KEYS and "=" in v]
+        for option, value in named:
+            if not (Path(cfg.workdir or ".") / value).exists():
+                raise InputError(value, f"does not exist ({option} in --args {stage}=...): the job would fail "
+                                        "after waiting in the queue")
 
 
 def _check_choice(value: str, choices: Sequence[str], option: str) -> None:
@@ -161,8 +185,8 @@ def check_inputs(cfg: SlurmConfig, stages: Sequence[str]) -> None:
 def command(cfg: SlurmConfig, stage: str) -> str:
     """The shell command of one stage's job (the benchmark's reads its task's heads and experiment)."""
     py, run = shlex.quote(cfg.python), shlex.quote(cfg.run)
-    if stage == "train" and cfg.torchrun:
-        line = f"{py} -m torch.distributed.run --standalone --nproc-per-node {cfg.torchrun} -m lowshot -- train --run {run}"
+    if stage == "train" and (cfg.torchrun or cfg.nodes > 1):
+        line = f"{torchrun(cfg)} -m lowshot -- train --run {run}"
     elif stage == "benchmark":
         line = (f'{py} -m lowshot benchmark --run {run} --heads "${{HEADS[$SLURM_ARRAY_TASK_ID]}}" '
                 f'--expid "${{EXPIDS[$SLURM_ARRAY_TASK_ID]}}"' + (f" --generator {cfg.generator}" if cfg.generator else ""))
@@ -171,6 +195,16 @@ def command(cfg: SlurmConfig, stage: str) -> str:
     else:
         line = f"{py} -m lowshot {stage} --run {run}"
     return f"{line} {cfg.args.get(stage, '')}".rstrip()
+
+
+def torchrun(cfg: SlurmConfig) -> str:
+    """torchrun on one node (`--standalone`), or under `srun` on every node of the job with a rendezvous on the first."""
+    py, per_node = shlex.quote(cfg.python), cfg.torchrun or 1
+    if cfg.nodes <= 1:
+        return f"{py} -m torch.distributed.run --standalone --nproc-per-node {per_node}"
+    return (f"srun {py} -m torch.distributed.run --nnodes {cfg.nodes} --nproc-per-node {per_node} "
+            '--rdzv-id "$SLURM_JOB_ID" --rdzv-backend c10d --rdzv-endpoint "$(scontrol show hostnames '
+            '"$SLURM_JOB_NODELIST" | head -n 1):29500"')
 
 
 def array_cells(cfg: SlurmConfig) -> List[Tuple[str, int]]:
@@ -187,15 +221,39 @@ def script(cfg: SlurmConfig, stage: str, log_dir: Path) -> str:
     lines = ["#!/bin/bash", f"#SBATCH --job-name={cfg.job_name}-{stage}",
              f"#SBATCH --chdir={os.path.abspath(cfg.workdir or '.')}", f"#SBATCH --output={log}"]
     for name, (flag, _, _) in RESOURCES.items():
-        value = getattr(cfg, name).get(stage, getattr(cfg, name).get("all"))
+        value = resource(cfg, name, stage)
         if value:
             lines.append("#SBATCH " + flag.format(value))
+    if stage == "train" and cfg.nodes > 1:
+        lines += [f"#SBATCH --nodes={cfg.nodes}", "#SBATCH --ntasks-per-node=1"]
     if is_array:
         cells = array_cells(cfg)
         lines += [f"#SBATCH --array=0-{len(cells) - 1}",
                   "HEADS=(" + " ".join(shlex.quote(h) for h, _ in cells) + ")",
                   "EXPIDS=(" + " ".join(str(e) for _, e in cells) + ")"]
-    return "\n".join(lines + ["set -euo pipefail", "exec " + command(cfg, stage), ""])
+    return "\n".join(lines + ["set -euo pipefail"] + cfg.setup + ["exec " + command(cfg, stage), ""])
+
+
+def resource(cfg: SlurmConfig, name: str, stage: str) -> Optional[str]:
+    """A stage's value of a resource: its own, else the one for all stages — for GPUs only on stages that use one
+    (`Stage.gpu`); on a partition with GPUs (`sinfo`), every such stage asks for one by default."""
+    values = getattr(cfg, name)
+    if stage in values:
+        return values[stage]
+    if name != "gpus":
+        return values.get("all")
+    if not BY_NAME[stage].gpu:
+        return None
+    return values.get("all") or ("1" if gpu_partition(resource(cfg, "partition", stage)) else None)
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_partition(partition: Optional[str]) -> bool:
+    """Whether SLURM says the partition's nodes have GPUs (`sinfo -p P -o %G` names a gpu gres)."""
+    if not partition or shutil.which("sinfo") is None:
+        return False
+    out = subprocess.run(["sinfo", "-h", "-p", partition, "-o", "%G"], capture_output=True, text=True)
+    return out.returncode == 0 and "gpu" in out.stdout
 
 
 def build_jobs(cfg: SlurmConfig) -> List[Job]:

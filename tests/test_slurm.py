@@ -120,3 +120,25 @@ def test_every_stage_make_knows_is_a_job_waiting_for_exactly_what_it_reads():
     assert jobs["report"].after == ("benchmark",) and jobs["report"].dependency == "afterany"
     only = {j.stage for j in build_jobs(SlurmConfig(run="runs/x", heads=["weight_generator"]))}
     assert only == {"train", "features", "train-weight-generator", "benchmark", "report"}
+
+
+def test_gpus_go_to_the_stages_that_use_one_and_setup_lines_run_first():
+    cfg = SlurmConfig(run="runs/x", heads=["matching"], gpus={"all": "2"}, setup=["module load cuda", "source v/bin/activate"])
+    jobs = {j.stage: j.text for j in build_jobs(cfg)}
+    assert "--gres=gpu:2" in jobs["train"] and "--gres=gpu:2" in jobs["train-matching"]
+    assert "gres" not in jobs["report"]
+    assert "set -euo pipefail\nmodule load cuda\nsource v/bin/activate\nexec " in jobs["features"]
+
+
+def test_multi_node_train_runs_torchrun_under_srun_with_a_rendezvous():
+    text = {j.stage: j.text for j in build_jobs(SlurmConfig(run="runs/x", torchrun=4, nodes=2))}["train"]
+    assert "#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=1" in text
+    assert "exec srun" in text and "--nnodes 2 --nproc-per-node 4" in text and "--rdzv-backend c10d" in text
+
+
+def test_paths_in_stage_arguments_are_checked_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = error_line(invoke("slurm", "--run", "demo", "--args", "train=--config trian.json", "--dry-run"))
+    assert "trian.json: does not exist (--config in --args train=...)" in line
+    line = error_line(invoke("slurm", "--run", "demo", "--args", "benchmark=--set splits=nope.json"))
+    assert "nope.json: does not exist" in line and not Path("runs").exists()

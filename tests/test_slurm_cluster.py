@@ -15,6 +15,7 @@ pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reaso
 
 RUN = Path("runs/tiny")
 SUBMIT = ["slurm", "--run", str(RUN), "--submit", "--expid", "1,2,3", "--cpus", "1", "--time", "10",
+          "--heads", "logreg,matching", "--stages", "generate", "--setup-line", "echo site set-up ran",
           "--args", "train=--config train.json --epochs 1 --device cpu",
           "--args", "generate=--set iterations=20 --device cpu", "--args", "train-matching=--set episodes=5 --device cpu",
           "--args", "benchmark=--n 1,2 --device cpu", "--args", "report=--no-plot"]
@@ -60,8 +61,8 @@ def snapshot() -> dict:
 
 
 def cells(paths) -> list:
-    """The sorted `n<n>_exp<id>` of the result files among `paths`."""
-    return sorted(re.search(r"_(n\d+_exp\d+)_", p.name).group(1) for p in paths if p.parent.name == "results")
+    """The sorted `n<n>_exp<id>` of the result files among `paths` (each of every head)."""
+    return sorted({re.search(r"_(n\d+_exp\d+)_", p.name).group(1) for p in paths if p.parent.name == "results"})
 
 
 def test_pipeline_cancel_and_resubmit(tiny_project, cluster):
@@ -76,6 +77,10 @@ def test_pipeline_cancel_and_resubmit(tiny_project, cluster):
         assert (RUN / path).exists(), f"{path}\n{logs()}"
     assert cells(snapshot()) == ["n1_exp1", "n1_exp3", "n2_exp1", "n2_exp3"]
     assert "2 experiments per row" in (RUN / f"slurm/logs/report-{first['report']}.out").read_text()
+    assert "matching" in (RUN / "report/results_long.csv").read_text()  # a trained head, benchmarked
+    train_log = (RUN / f"slurm/logs/train-{first['train']}.out").read_text()
+    assert train_log.startswith("site set-up ran")  # the site's lines run before the command
+    assert "lowshot: 1 CPU (SLURM_CPUS_PER_TASK)" in train_log  # threads and workers from the allocation
     before = snapshot()
 
     second = submit()  # the same command again: only experiment 2 is missing
