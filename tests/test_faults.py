@@ -155,3 +155,13 @@ def test_verify_lists_every_undecodable_image_at_once(tmp_path, monkeypatch, gly
     assert out.exit_code == 1 and len(errors) == 1 and "2 of 156 images cannot be decoded" in errors[0]
     assert all(f"{p}: cannot decode image" in out.output for p in bad)  # every bad file, at once
     assert not Path("label_splits").exists()  # nothing written before the images are sound
+
+
+def test_small_images_are_read_at_their_own_size_through_a_small_stem(tmp_path, glyphs6):
+    from lowshot.data import DATASETS
+    from lowshot.stages.train import TrainConfig, input_side, stem_for
+    data = DATASETS.create("folder", root=str(folder_tree(tmp_path / "f", glyphs6)))  # 32-pixel images
+    assert (data.transforms, data.image_size) == ("crop", 32)
+    assert stem_for(TrainConfig().stem, input_side(TrainConfig(), data)) == "small"
+    assert stem_for("auto", 224) == "imagenet" and stem_for("cifar", 32) == "cifar"
+    assert DATASETS.create("folder", root=str(tmp_path / "f"), transforms="hg").image_size is None

@@ -91,6 +91,7 @@ class FileDataset(DataIdentity):
         train_labels, test_labels: int64 arrays of shape (N,) and (M,).
         label_names: position k is the name of label k.
         transforms: name of the augmentation preset (`lowshot.data.transforms.TRANSFORMS`).
+        image_size: the side images are read at by default (None: the preset's own).
         meta, default_splits, default_shots: as in `ImageDataset`.
     """
 
@@ -105,6 +106,7 @@ class FileDataset(DataIdentity):
     meta: Dict[str, Any] = field(default_factory=dict)
     default_splits: Optional[LabelSplits] = None
     default_shots: Optional[List[np.ndarray]] = None
+    image_size: Optional[int] = None  # the side images are read at by default (None: the preset's)
 
     @property
     def num_classes(self) -> int:

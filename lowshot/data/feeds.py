@@ -107,7 +107,8 @@ class StreamFeed:
     """Rows of an on-disk part, decoded by DataLoader workers with a `transforms` preset."""
 
     def __init__(self, data: FileDataset, names: List[str], labels: np.ndarray, opts: FeedOptions):
-        self.preset = opts.preset or TRANSFORMS.create(opts.transforms or data.transforms, image_size=opts.image_size)
+        self.preset = opts.preset or TRANSFORMS.create(opts.transforms or data.transforms,
+                                                       image_size=opts.image_size or data.image_size)
         self.opts, self.pin = opts, opts.device.type == "cuda"
         train_tf = self.preset.train if opts.augment else self.preset.eval
         self.train_set = ImageFiles(data.root, names, labels, train_tf, opts.seed)

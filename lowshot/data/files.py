@@ -69,3 +69,30 @@ def cache_root(cache_dir: Optional[str] = None) -> str:
     if not root:
         root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "lowshot")
     return os.path.expanduser(root)
+
+
+SMALL_IMAGES = 96  # images at most this many pixels on their short side are "small": read at their own size
+
+
+def typical_side(root: str, names: Sequence[str], sample: int = 16) -> int:
+    """The median short side (pixels) of up to `sample` images spread over `names` (headers only, no decoding)."""
+    from PIL import Image
+
+    picks = [names[i] for i in np.linspace(0, len(names) - 1, min(sample, len(names))).astype(int)]
+    sides = []
+    for name in picks:
+        try:
+            with Image.open(os.path.join(root, name)) as im:
+                sides.append(min(im.size))
+        except OSError:
+            continue  # a bad file is reported by the stage that reads it (or `lowshot data --verify`)
+    return int(np.median(sides)) if sides else 224
+
+
+def preset_for(transforms: str, root: str, names: Sequence[str]) -> Tuple[str, Optional[int]]:
+    """(preset, image size) of a data set on disk: `auto` reads small images (≤ 96 px, e.g. 28-84 px) at their own
+    size with the `crop` preset, larger ones with H&G's `hg` preset at 224 px; a named preset keeps its default."""
+    if transforms != "auto":
+        return transforms, None
+    side = typical_side(root, names)
+    return ("crop", side) if side <= SMALL_IMAGES else ("hg", None)

@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from lowshot.data.base import DATASETS, FileDataset
-from lowshot.data.files import class_tree, require_dir, subfolders
+from lowshot.data.files import class_tree, preset_for, require_dir, subfolders
 from lowshot.errors import InputError
 
 
@@ -28,14 +28,15 @@ def hold_out(names: List[str], labels: np.ndarray, fraction: float, seed: int) -
 
 @DATASETS.register("folder")
 def folder(root: str, train: str = "train", test: str = "test", test_fraction: Optional[float] = None,
-           seed: int = 0, transforms: str = "hg") -> FileDataset:
+           seed: int = 0, transforms: str = "auto") -> FileDataset:
     """An image tree; see the module docstring.
 
     Args:
         root: the tree's root folder.
         train, test: names of the split folders inside `root`.
         test_fraction: if given, the test images are this share of each class of `root/<train>` (seeded).
-        transforms: augmentation preset (`lowshot.data.transforms`).
+        transforms: augmentation preset (`lowshot.data.transforms`); `auto`: small images (≤ 96 px) at their own
+            size with `crop`, others with `hg` at 224 px (`lowshot.data.files.preset_for`).
     """
     require_dir(root)
     classes = subfolders(require_dir(os.path.join(root, train), "train folder"))
@@ -58,4 +59,5 @@ def folder(root: str, train: str = "train", test: str = "test", test_fraction: O
         test_names, test_labels = class_tree(root, test, classes)
     meta = {"root": root, "train": train, "test": test if test_fraction is None else None,
             "test_fraction": test_fraction, "seed": seed}
-    return FileDataset("folder", root, names, labels, test_names, test_labels, classes, transforms, meta)
+    preset, size = preset_for(transforms, root, names)
+    return FileDataset("folder", root, names, labels, test_names, test_labels, classes, preset, meta, image_size=size)

@@ -20,6 +20,7 @@ from lowshot.data.files import (
     cache_root,
     class_blocks,
     class_tree,
+    preset_for,
     require_dir,
     subfolders,
 )
@@ -142,7 +143,7 @@ def _read_rows(path: str, num_classes: int) -> np.ndarray:
 
 @DATASETS.register("imagenet")
 def imagenet(root: str, train_meta: str = "train.json", test_meta: str = "val.json", label_idx: Optional[str] = None,
-             splitfiles: Optional[str] = None, meta_dir: Optional[str] = None, transforms: str = "hg") -> FileDataset:
+             splitfiles: Optional[str] = None, meta_dir: Optional[str] = None, transforms: str = "auto") -> FileDataset:
     """ImageNet from H&G meta files (built from the tree when missing); see the module docstring.
 
     Args:
@@ -163,5 +164,7 @@ def imagenet(root: str, train_meta: str = "train.json", test_meta: str = "val.js
     check_names(paths[1], test["label_names"], names, label_idx or paths[0])
     train_labels, test_labels = (np.asarray(m["image_labels"], np.int64) for m in (train, test))
     shots = load_splitfiles(splitfiles, train_labels, names, paths[0]) if splitfiles else None
+    preset, size = preset_for(transforms, root, train["image_names"])
     return FileDataset("imagenet", root, list(train["image_names"]), train_labels, list(test["image_names"]),
-                       test_labels, list(names), transforms, {"root": root, "sources": dict(zip(("train", "test"), paths))}, splits, shots)
+                       test_labels, list(names), preset, {"root": root, "sources": dict(zip(("train", "test"), paths))},
+                       splits, shots, image_size=size)

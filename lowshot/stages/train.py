@@ -8,6 +8,7 @@ writes checkpoints and logs; a run resumes exactly from `last.pt` with any numbe
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import time
@@ -20,7 +21,8 @@ import torch
 
 from lowshot import distributed
 from lowshot.backbones import Model
-from lowshot.data import DATASETS
+from lowshot.data import DATASETS, ImageDataset
+from lowshot.data.transforms import TRANSFORMS
 from lowshot.data.feeds import FeedOptions, make_feed, timed
 from lowshot.errors import InputError
 from lowshot.io.atomic import write_json
@@ -44,7 +46,7 @@ class TrainConfig:
     splits: Optional[str] = field(default=None, metadata=NOT_IDENTITY)  # default: label_splits/<data key>.json
     backbone: str = "resnet10"
     width: float = 1.0
-    stem: str = "imagenet"
+    stem: str = "auto"  # imagenet (7×7/2 + max-pool) | small (3×3/2) | cifar (3×3/1); auto: small for inputs ≤ 128 px
     classifier: str = "linear"
     aux_loss: str = "none"
     aux_weight: float = 0.0
@@ -175,11 +177,26 @@ def build_feeds(cfg: TrainConfig, ctx: distributed.Dist, device: torch.device):
     return data, splits, train, val
 
 
+def input_side(cfg: TrainConfig, data) -> int:
+    """The side (pixels) of the network's input images: in-memory images as they are, files as their preset crops them."""
+    if isinstance(data, ImageDataset):
+        return int(data.train_images.shape[-1])
+    preset = TRANSFORMS.get(cfg.transforms or data.transforms)
+    return int(cfg.image_size or data.image_size or inspect.signature(preset).parameters["image_size"].default)
+
+
+def stem_for(stem: str, side: int) -> str:
+    """`auto` resolved: the `small` stem (3×3 stride 2) for inputs of at most 128 px (28-84 px few-shot images keep
+    enough resolution for four ResNet stages), else H&G's `imagenet` stem."""
+    return stem if stem != "auto" else "small" if side <= 128 else "imagenet"
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) the representation of `cfg.run`; returns the path of `last.pt`."""
     run = RunFolder(Path(cfg.run))
     ctx, device = distributed.setup(cfg.device)
     data, splits, feed, val = build_feeds(cfg, ctx, device)
+    cfg.stem = stem_for(cfg.stem, input_side(cfg, data))
     torch.manual_seed(cfg.seed)
     model = model_from_config(dataclasses.asdict(cfg), data.num_classes, data.channels).to(device)
     if cfg.channels_last:
