@@ -14,6 +14,7 @@ import os
 import click
 
 from lowshot.errors import InputError, os_error
+from lowshot.stages import STAGES
 
 # OpenMP threads wait for work passively: spinning, they collapse 10x when another process shares the cores
 # (docs/speed.md). Set before torch is imported, which the commands do.
@@ -218,8 +219,9 @@ def features(run, checkpoint, backbone, weights, random_init, dataset, root, for
               workers=workers, amp=amp, seed=seed, device=device)
 
 
-# The stages that train a model on a run's cached base-class features (they take no flags of their own)
-FEATURE_STAGES = ("generate", "train-matching", "train-weight-generator", "train-pmn")
+# The stages that train a model on a run's cached base-class features: `generate` and every stage of the table
+# with a trainer (they take no flags of their own)
+FEATURE_STAGES = ("generate",) + tuple(s.name for s in STAGES if s.trainer)
 
 
 def _features_stage_command(name: str) -> None:

@@ -21,7 +21,7 @@ class CosineNCM(Head):
     rule) subtracts the mean of the base classes' training features: the base rows of the training
     set, or `task.base_mean` in an episode, whose support holds no base class. `centre="support"`
     subtracts the mean of the rows the head is fitted on (in an episode, the support set; its
-    effect on the demo's episodes is in the README); `centre="none"` does not centre.
+    effect on the demo's episodes is in docs/heads.md); `centre="none"` does not centre.
     Trap: SimpleShot ranks by the Euclidean distance to the un-normalised mean of the normalised
     shots; the cosine to the re-normalised mean ranks the same at one shot, not beyond.
     """

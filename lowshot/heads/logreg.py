@@ -11,7 +11,7 @@ in full batch until the largest gradient entry is ≤ `tol`, warm-started from t
 the cells of a benchmark share. With many base rows per class (more than 4 × `sample`) it works in
 rounds on a seeded sample of `sample` base rows per class plus every novel row, each round corrected by
 one full gradient so that only the true optimum is a fixed point (`minimise_softmax`): the same optimum
-in a few full passes instead of tens (README "At ImageNet size"). Classes with no training row are never
+in a few full passes instead of tens (docs/speed.md, "At ImageNet size"). Classes with no training row are never
 predicted (score −inf): under H&G's sampling their logits only ever receive negative gradients.
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ class Magnet(Head):
     class with more clusters among the L nearest collects more mass. `balance=True` weights a
     class's clusters by 1/K_c (a mixture with equal class priors): the same rule when every class
     has k clusters, but a novel class with n < k shots is not out-voted by base classes merely for
-    having fewer clusters (its effect on the demo is in the README).
+    having fewer clusters (its effect on the demo is in docs/heads.md).
     Trap: σ² is a total (not per-dimension) variance; pytorch.repmet squares it once more.
     """
 

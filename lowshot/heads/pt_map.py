@@ -26,7 +26,7 @@ class PTMAP(TransductiveHead):
     kept so that results stay comparable, docs/heads.md); `features` = "power". Not done here: the
     released code also projects an episode onto its own span (QR) and centres its support and query
     sets separately; the library (easyfsl) does neither, nor does this head.
-    Assumes balanced queries: the class masses are equal by construction (the README measures
+    Assumes balanced queries: the class masses are equal by construction (docs/heads.md measures
     the loss on Dirichlet-unbalanced queries).
     """
 

@@ -39,7 +39,7 @@ class RepMet(Head):
     P(i | x) = Σ_j p_ij / Σ_{i′, j} p_{i′j}. `max` is the paper's hard (detection) rule max_j p_ij,
     normalised over classes; `mean` is the soft rule with equal class priors. Trap: `sum` favours
     classes with more representatives, i.e. base (k) over n < k shot novel classes (its effect on
-    the demo is in the README). The representatives are not learned (the features are fixed).
+    the demo is in docs/heads.md). The representatives are not learned (the features are fixed).
     Scores are log-posteriors.
     """
 

@@ -23,7 +23,7 @@ class TransductiveFT(TransductiveHead):
     (x·w_k + b_k) / T; easyfsl scores by −‖x − w_k‖ instead);
     `features` = "l2" (the paper normalises features). Departure: the paper also fine-tunes the
     backbone; a head sees cached features only, so only W and b move, and with the paper's learning
-    rate they move little (the README measures how little). Returns the logits.
+    rate they move little (docs/heads.md measures how little). Returns the logits.
     """
 
     name = "transductive_ft"

@@ -44,7 +44,7 @@ LINEAR_REFUSAL = (
     "has a linear classifier: imprinting needs the cosine classifier (normalised features and rows, one scale s). "
     "A raw mean feature appended to unnormalised rows, as keras-imprinting does, has a norm unrelated to the trained "
     "rows and takes over the arg-max: the `raw_imprint` negative control keeps 0.0 % base top-1 on a linear glyph "
-    "run (5 shots, setup 2; README, \"Add a class\"). Train with `lowshot train --classifier cosine`, then add the "
+    "run (5 shots, setup 2; docs/protocols.md, \"Add a class\"). Train with `lowshot train --classifier cosine`, then add the "
     "class; or keep this model and benchmark the new class with `lowshot benchmark --heads logreg`")
 
 

@@ -14,7 +14,7 @@ Defaults (documented choices; H&G's values on ImageNet in brackets):
   iterations = clamp(4 passes over the analogies at the batch size, 2,000, 120,000)   [120,000]
   λ = 100 through the fitted classifier, initlr 0.1   [λ = 10 through the ConvNet's classifier, 0.1]
 so ImageNet gets H&G's k and iterations and the demo (≈70 rows per class) gets k = 14 and 2,000
-iterations. λ was chosen on setup 1 of the demo (README): λ = 10 left G's analogy MSE at 0.070
+iterations. λ was chosen on setup 1 of the demo (docs/results.md): λ = 10 left G's analogy MSE at 0.070
 (copying the seed: 0.106) and gained 2 points of novel top-1 at n = 1; λ = 100 reached 0.042 and
 gained 17; 3,000 or 6,000 iterations changed neither by more than the noise.
 """
@@ -75,7 +75,7 @@ class GenerateConfig:
     iterations: Optional[int] = None  # default: clamp(4 passes over the analogies, 2000, 120000)
     batch_size: int = 128
     initlr: float = 0.1  # H&G: 0.1 for plain features, 1 for SGM features
-    mse_weight: float = 100.0  # λ; H&G: 10 through the network's classifier (chosen on setup 1, see the README)
+    mse_weight: float = 100.0  # λ; H&G: 10 through the network's classifier (chosen on setup 1, docs/results.md)
     classifier: str = "fit"  # fit: logreg on the base rows | representation: the feature file's (linear only)
     classifier_wd: float = 1e-3  # weight decay of the fitted classifier (the logreg head's default)
     cpu_threads: Optional[int] = 1  # CPU threads for k-means and training; None: torch's default

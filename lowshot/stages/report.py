@@ -1,4 +1,4 @@
-"""Stage 5: tables and plots from result JSONs (the H&G README tables, with 95 % intervals)."""
+"""Stage 5: tables and plots from result JSONs (H&G's tables, with 95 % intervals)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

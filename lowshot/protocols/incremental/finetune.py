@@ -9,7 +9,7 @@ L = Σ_batch a_y · (−log softmax(logits)_y), a_y = 1/B² for a base class (B 
 original hard-codes 1/1600 for B = 40) and 1 for the new class, summed over the batch. Rows are
 re-projected to unit norm after every step. The last epoch is kept: nothing is selected.
 
-The "special training phase" (README: "freezing weights half the time for initial classes") is a
+The "special training phase" (Qi et al.'s README: "freezing weights half the time for initial classes") is a
 no-op in the original (§2.4: the alternation counter is reset before it is tested, and the saved
 rows are a view, not a copy). Here it does what it says: on every other step (the 2nd, 4th, ...)
 the base rows enter the forward pass detached, so their gradient is None and SGD skips them —
