@@ -115,8 +115,8 @@ def run_stage(name: str, config, sets, adjust=None, **flags):
     """Resolve stage `name`'s config (defaults < `config` file < `sets` < non-None `flags`), let `adjust(cfg)`
     change it, run the stage; returns what the stage returns."""
     from lowshot.config import resolve_config
-    from lowshot.stages import BY_NAME
     from lowshot.runtime import set_threads
+    from lowshot.stages import BY_NAME
     stage = BY_NAME[name]
     cfg = resolve_config(stage.config_class(), config, _overrides(sets), **flags)
     if adjust:

@@ -28,7 +28,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from lowshot.errors import InputError
+from lowshot.io.checkpoints import load_checkpoint
 from lowshot.io.features import FeatureSet, read_features
+from lowshot.io.fingerprint import file_digest
 from lowshot.io.splits import (
     SHOTS_DATA,
     LabelSplits,
@@ -36,6 +38,7 @@ from lowshot.io.splits import (
     load_label_splits,
     shots_data,
 )
+from lowshot.stages import maker
 
 NO_DATASET = ("records no data set: pass --set splits=<label split file> "
               "and, to benchmark, --set shots_dir=<folder of splitfile_k.json>")
@@ -196,10 +199,6 @@ def rows_of(fs: FeatureSet, classes: Sequence[int]) -> Tuple[np.ndarray, np.ndar
 def read_artefact(run: str, artefact: str, explicit: Optional[str] = None) -> Tuple[dict, str, Path]:
     """A trained model's file as its stage saved it (read with `weights_only=True`), its digest and path:
     `explicit`, else the run folder's; a missing file is one line naming the stage that makes it."""
-    from lowshot.io.checkpoints import load_checkpoint
-    from lowshot.io.fingerprint import file_digest
-    from lowshot.stages import maker
-
     path = Path(explicit) if explicit else RunFolder(Path(run)).path(artefact)
     saved = load_checkpoint(path, f"not found: run `lowshot {maker(artefact)} --run {run}` first", f"the {artefact} model")
     return saved, file_digest(path), path

@@ -1,7 +1,7 @@
 """Maths shared by several heads: normalisation, class means, distances, grouping, cache keys."""
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,13 @@ def base_rows(task, head: str, device: torch.device) -> torch.Tensor:
     if task.classifier_weight is None:
         raise InputError(None, f"head '{head}' {NO_CLASSIFIER}")
     return task.classifier_weight.to(device=device, dtype=torch.float32)
+
+
+def check_dim(saved: Dict[str, Any], dim: int, what: str) -> None:
+    """A one-line `InputError` when a trained model (`saved`, as its stage wrote it) takes features other than `dim`-wide."""
+    if int(saved["dim"]) != dim:
+        raise InputError(None, f"{what} was trained on {saved['dim']}-dimensional features, these have {dim}: "
+                               "train it again on this run's features")
 
 
 def group_rows(x: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, width: int = 0):

@@ -22,8 +22,8 @@ import torch
 from lowshot import distributed
 from lowshot.backbones import Model
 from lowshot.data import DATASETS, ImageDataset
-from lowshot.data.transforms import TRANSFORMS
 from lowshot.data.feeds import FeedOptions, make_feed, timed
+from lowshot.data.transforms import TRANSFORMS
 from lowshot.errors import InputError
 from lowshot.io.atomic import write_json
 from lowshot.io.checkpoints import load_checkpoint, model_from_config, save_checkpoint

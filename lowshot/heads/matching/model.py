@@ -9,8 +9,7 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
-from lowshot.errors import InputError
-from lowshot.heads.maths import generator, group_rows
+from lowshot.heads.maths import check_dim, generator, group_rows
 
 
 class MatchingNet(nn.Module):
@@ -123,12 +122,6 @@ def base_support_rows(labels: torch.Tensor, is_base: torch.Tensor, per_class: in
     first = torch.searchsorted(labels[base], labels[base])  # where each row's class starts
     return base[torch.arange(len(base)) - first < per_class]
 
-
-def check_dim(saved: Dict[str, Any], dim: int, what: str) -> None:
-    """A one-line `InputError` when a trained model (`saved`, as its stage wrote it) takes features other than `dim`-wide."""
-    if int(saved["dim"]) != dim:
-        raise InputError(None, f"{what} was trained on {saved['dim']}-dimensional features, these have {dim}: "
-                               "train it again on this run's features")
 
 
 def from_saved(saved: Dict[str, Any], dim: int) -> MatchingNet:

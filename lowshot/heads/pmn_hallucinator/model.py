@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowshot.heads.matching.model import MatchingNet, check_dim
-from lowshot.heads.maths import class_means, plan_new_rows
+from lowshot.heads.matching.model import MatchingNet
+from lowshot.heads.maths import check_dim, class_means, plan_new_rows
 
 HIDDEN = 512  # Wang et al.: a hidden width of 512 (for 512-d ResNet-10 features)
 

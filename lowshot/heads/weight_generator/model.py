@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from lowshot.errors import InputError
-from lowshot.heads.matching.model import check_dim
-from lowshot.heads.maths import l2_normalise
+from lowshot.heads.maths import check_dim, l2_normalise
 
 
 class FewShotWeightGenerator(nn.Module):
