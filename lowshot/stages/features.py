@@ -4,6 +4,9 @@ Rows are written in blocks as the batches arrive (ImageNet's 1.28M rows are neve
 Under `torchrun` the rows are cut into the batches one process would form, each process extracts
 a contiguous run of batches into a part file, and rank 0 copies the parts in row order into each
 file (atomically): the file equals the single-process one.
+
+`--dataset B` with a checkpoint trained on another data set A extracts B's test images through A's
+representation (cross-domain, `cross_features`) into `<run>/cross/<B>/features/`, never over A's.
 """
 from __future__ import annotations
 
@@ -23,9 +26,11 @@ from lowshot import distributed
 from lowshot.backbones import Model
 from lowshot.backbones.external import build_external, check_source
 from lowshot.data import DATASETS, ImageDataset
+from lowshot.data.cross import cross_inputs, data_args, data_tag
 from lowshot.data.feeds import FeedOptions, make_feed
 from lowshot.io.checkpoints import load_checkpoint, trained_model
 from lowshot.io.features import BLOCK_ROWS, FeatureSet, feature_writer
+from lowshot.errors import InputError
 from lowshot.io.fingerprint import digest, file_digest
 from lowshot.precision import autocast
 from lowshot.run import RunFolder
@@ -45,7 +50,7 @@ class FeaturesConfig:
     backbone: Optional[str] = None  # "timm:<name>" | "torchvision:<name>"
     weights: Optional[str] = None  # local weights file (.safetensors or a torch.save state dict)
     random_init: bool = False  # no weights file: the library's random initialisation (seeded)
-    dataset: str = "glyphs"
+    dataset: Optional[str] = None  # --backbone: glyphs by default; a checkpoint: another data set (cross-domain)
     dataset_args: Dict[str, Any] = field(default_factory=dict)
     preprocess: Dict[str, Any] = field(default_factory=dict)  # overrides, e.g. {"image_size": 64}
     seed: int = 0
@@ -108,12 +113,13 @@ def _save_part(batches: Iterator[np.ndarray], path: Path, num_rows: int, dim: in
     del out
 
 
-def _is_current(path: Path, digest: str) -> bool:
+def _is_current(path: Path, digest: str, attrs: Optional[Dict[str, Any]] = None) -> bool:
+    """Whether the feature file exists, made from the checkpoint (or inputs) of `digest`, with `attrs`."""
     if not path.exists():
         return False
     try:
         with h5py.File(path, "r") as f:
-            return f.attrs.get("checkpoint_sha1") == digest
+            return f.attrs.get("checkpoint_sha1") == digest and all(f.attrs.get(k) == v for k, v in (attrs or {}).items())
     except OSError:
         return False
 
@@ -159,28 +165,94 @@ def _trained_classifier(model, tcfg: Dict[str, Any]):
 
 
 def features(cfg: FeaturesConfig) -> Dict[str, Path]:
-    """Write `<out>/train.hdf5` and `<out>/test.hdf5`; skip files made from the same checkpoint."""
+    """Write `<out>/train.hdf5` and `<out>/test.hdf5`; skip files made from the same checkpoint.
+
+    With `cfg.dataset` other than the checkpoint's (cross-domain), write only the test file of that data set,
+    into `<run>/cross/<data tag>/features/` (`cross_features`).
+    """
     if cfg.backbone:
         return external_features(cfg)
     ckpt_path = Path(cfg.checkpoint or RunFolder(Path(cfg.run)).path("checkpoint"))
-    out, paths = _output_paths(cfg)
     digest = file_digest(ckpt_path) if ckpt_path.exists() else ""
     ckpt = load_checkpoint(ckpt_path)
+    tcfg = ckpt["config"]
+    if _is_cross(cfg, tcfg):
+        return cross_features(cfg, ckpt_path, ckpt, digest)
+    out, paths = _output_paths(cfg)
     if not cfg.force and all(_is_current(p, digest) for p in paths.values()):
         print(f"features in {out} are up to date with {ckpt_path}")
         return paths
-    tcfg = ckpt["config"]
     ctx, device = distributed.setup(cfg.device)
     data = DATASETS.create(tcfg["dataset"], **tcfg["dataset_args"])
     model = _load_model(ckpt_path, ckpt, data, device)
     opts = FeedOptions(device, ctx, cfg.workers, tcfg.get("channels_last", False), False, tcfg.get("transforms"),
                        tcfg.get("image_size"), tcfg["seed"])
     weight, scale = _trained_classifier(model, tcfg)
-    attrs = {"dataset": tcfg["dataset"], "checkpoint": str(ckpt_path), "checkpoint_sha1": digest,
-             "model": tcfg["backbone"], "classifier": tcfg["classifier"], "seed": tcfg["seed"], "epoch": int(ckpt["epoch"]),
-             "objective": tcfg.get("objective", "ce")}
-    _write_splits(model, data, opts, cfg, paths, attrs, weight, scale)
+    _write_splits(model, data, opts, cfg, paths, _checkpoint_attrs(tcfg, ckpt_path, digest, ckpt), weight, scale)
     return paths
+
+
+def _checkpoint_attrs(tcfg: Dict[str, Any], ckpt_path: Path, digest: str, ckpt) -> Dict[str, Any]:
+    """What a feature file of a lowshot checkpoint records: its data set (and the loader arguments that change the
+    images), the checkpoint, model, classifier, seed, epoch and objective."""
+    return {"dataset": tcfg["dataset"], "dataset_args": json.dumps(data_args(tcfg["dataset"], tcfg["dataset_args"])),
+            "checkpoint": str(ckpt_path), "checkpoint_sha1": digest, "model": tcfg["backbone"],
+            "classifier": tcfg["classifier"], "seed": tcfg["seed"], "epoch": int(ckpt["epoch"]),
+            "objective": tcfg.get("objective", "ce")}
+
+
+def _is_cross(cfg: FeaturesConfig, tcfg: Dict[str, Any]) -> bool:
+    """Whether `cfg` asks for another data set (or other images of it) than the checkpoint was trained on."""
+    return cfg.dataset is not None and (cfg.dataset, data_args(cfg.dataset, cfg.dataset_args)) != (
+        tcfg["dataset"], data_args(tcfg["dataset"], tcfg["dataset_args"]))
+
+
+def _cross_target(cfg: FeaturesConfig, tcfg: Dict[str, Any]) -> Tuple[Path, Dict[str, Any]]:
+    """The test file of cross-domain features and the attributes naming A and B; refuses to write over
+    the run's own features or over features of anything else."""
+    run = RunFolder(Path(cfg.run))
+    out = Path(cfg.out_dir) if cfg.out_dir else run.cross(data_tag(cfg.dataset, cfg.dataset_args)) / "features"
+    path = out / "test.hdf5"
+    attrs = {"dataset": cfg.dataset, "dataset_args": json.dumps(data_args(cfg.dataset, cfg.dataset_args)),
+             "source_dataset": tcfg["dataset"],
+             "source_dataset_args": json.dumps(data_args(tcfg["dataset"], tcfg["dataset_args"]))}
+    if out.resolve() == run.features.resolve():
+        raise InputError(out, "holds the features of the checkpoint's own data set; cross-domain features of "
+                              f"{cfg.dataset} go to their own folder (leave out_dir out: {path})")
+    if path.exists():
+        with h5py.File(path, "r") as f:
+            held = {k: f.attrs.get(k) for k in attrs}
+        if held != attrs:
+            raise InputError(path, f"holds features of {held['dataset']} ({held['dataset_args']}, trained on "
+                                   f"{held['source_dataset']}), not written over; choose another out_dir")
+    return path, attrs
+
+
+def cross_features(cfg: FeaturesConfig, ckpt_path: Path, ckpt, digest: str) -> Dict[str, Path]:
+    """Cross-domain features (Chen et al. 2019, §4.4): the test images of data set B (`cfg.dataset`) through a
+    representation trained on data set A (the checkpoint's), fed as A's images were (`lowshot.data.cross`).
+
+    Writes `<run>/cross/<B's data tag>/features/test.hdf5` (never the run's own features), recording A
+    (`source_dataset`, `source_dataset_args`) and B (`dataset`, `dataset_args`), and the cosine scale but not A's
+    classifier rows (their classes are not B's).
+    """
+    tcfg = ckpt["config"]
+    path, cross_attrs = _cross_target(cfg, tcfg)
+    if not cfg.force and _is_current(path, digest, cross_attrs):
+        print(f"cross-domain features {path} are up to date with {ckpt_path}")
+        return {"test": path}
+    source = DATASETS.create(tcfg["dataset"], **tcfg["dataset_args"])
+    target = DATASETS.create(cfg.dataset, **cfg.dataset_args)
+    if hasattr(target, "verify"):
+        target.verify()
+    transforms, size, preset = cross_inputs(source, target, tcfg, ckpt_path)
+    ctx, device = distributed.setup(cfg.device)
+    model = _load_model(ckpt_path, ckpt, source, device)
+    opts = FeedOptions(device, ctx, cfg.workers, tcfg.get("channels_last", False), False, transforms, size,
+                       tcfg["seed"], preset)
+    attrs = {**_checkpoint_attrs(tcfg, ckpt_path, digest, ckpt), **cross_attrs}
+    _write_splits(model, target, opts, cfg, {"test": path}, attrs, None, _trained_classifier(model, tcfg)[1])
+    return {"test": path}
 
 
 def external_features(cfg: FeaturesConfig) -> Dict[str, Path]:
@@ -194,18 +266,19 @@ def external_features(cfg: FeaturesConfig) -> Dict[str, Path]:
     out, paths = _output_paths(cfg)
     weights = file_digest(cfg.weights) if cfg.weights else "random-init"
     inputs = {"model": cfg.backbone, "weights_digest": weights, "preprocess": cfg.preprocess,
-              "seed": cfg.seed if cfg.random_init else None, "dataset": cfg.dataset, "dataset_args": cfg.dataset_args}
+              "seed": cfg.seed if cfg.random_init else None, "dataset": cfg.dataset or "glyphs",
+              "dataset_args": cfg.dataset_args}
     key = digest(inputs)
     if not cfg.force and all(_is_current(p, key) for p in paths.values()):
         print(f"features in {out} are up to date with {cfg.backbone} ({weights})")
         return paths
     ctx, device = distributed.setup(cfg.device)
-    data = DATASETS.create(cfg.dataset, **cfg.dataset_args)
+    data = DATASETS.create(cfg.dataset or "glyphs", **cfg.dataset_args)
     torch.manual_seed(cfg.seed)  # the same random initialisation in every process
     trunk = build_external(cfg.backbone, cfg.weights, cfg.random_init, cfg.preprocess, isinstance(data, ImageDataset))
     prep = trunk.preprocessing
     opts = FeedOptions(device, ctx, cfg.workers, False, False, seed=cfg.seed, preset=prep.preset())
-    attrs = {"dataset": cfg.dataset, "checkpoint": cfg.weights or "random-init", "checkpoint_sha1": key,
+    attrs = {"dataset": cfg.dataset or "glyphs", "checkpoint": cfg.weights or "random-init", "checkpoint_sha1": key,
              "model": cfg.backbone, "weights_digest": weights, "preprocessing": json.dumps(dataclasses.asdict(prep)),
              "seed": cfg.seed}
     _write_splits(Model(trunk, nn.Identity()).to(device), data, opts, cfg, paths, attrs, None, None)
