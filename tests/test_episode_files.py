@@ -34,7 +34,7 @@ from lowshot.protocols.episodes import (
     episodes,
     ragged_accuracies,
 )
-from lowshot.protocols.metadataset import MetaDatasetRules, draw_metadataset
+from lowshot.protocols.metadataset import draw_metadataset
 from lowshot.stats import mean_ci
 
 LABELS = np.repeat(np.arange(40), 40)
@@ -152,7 +152,7 @@ def test_metadataset_rules_on_a_tiny_label_set():
     counts = np.random.default_rng(1).integers(3, 41, size=60)
     counts[[10, 11]] = [700, 650]  # two big classes: the support set size cap of 500 matters
     labels = np.repeat(np.arange(60), counts)
-    classes, rules = np.arange(10, 60), MetaDatasetRules()
+    classes = np.arange(10, 60)
     eps = draw_metadataset(labels, classes, 300, seed=4)
     ways, imbalanced = [], 0
     for cls, s, sw, q, qw in eps:
@@ -180,3 +180,17 @@ def test_metadataset_episodes_through_the_stage(run):  # noqa: F811
     result = [r for r in read_results(run / "ep") if r["setting"] == "md-8"][0]
     assert len(result["accs"]) == 8 and "Meta-Dataset" in text and result["ways"] == "5-50"
     assert json.loads(open(result["path"]).read())["fingerprint"] == result["fingerprint"]
+
+
+def test_glyph_class_lists_are_the_label_splits_setups():
+    from pathlib import Path
+
+    from lowshot.data.fewshot import class_lists, fewshot_splits, split_classes
+    from lowshot.io.splits import load_label_splits
+    train, val, test = split_classes("glyphs")
+    assert (len(train), len(val), len(test)) == (200, 100, 100) and len(set(train + val + test)) == 400
+    hg = load_label_splits(Path(__file__).parent.parent / "label_splits" / "glyphs.json")
+    few = fewshot_splits(hg.label_names, train, val, test)  # train = base of both setups, val / test = novel 1 / 2
+    assert (few.base_classes, few.novel_classes_1, few.novel_classes_2) == (
+        hg.base_classes, hg.novel_classes_1, hg.novel_classes_2)
+    assert class_lists("glyphs")["source"][0]["path"] == "label_splits/glyphs.json"

@@ -17,10 +17,11 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from lowshot.data.cross import data_tag
 from lowshot.errors import InputError
 from lowshot.io.atomic import atomic_path, write_json
 from lowshot.stats import mean_ci
@@ -36,6 +37,23 @@ def result_path(out: Path, key: str, label: str) -> Path:
     """Where the per-episode result of a head (`label`: its name, and its options' digest) on setting `key` lies."""
     safe = label.replace("/", "_").replace(" ", "")
     return Path(out) / PER_EPISODE / key.replace("/", "_") / f"{safe}.json"
+
+
+def make_record(who: Dict[str, Any], setting, ep, fingerprint: str, acc: np.ndarray, seconds: float) -> dict:
+    """One head's result on one episode file (`ep`, of `setting`): `who` (representation, head, head_params,
+    transductive, source_dataset: A, checkpoint_sha1), what it was scored on (B, split, the file), its accuracy
+    on every episode (E,), mean ± 95 % interval, and its time."""
+    mean, half, n = mean_ci(acc)
+    meta = ep.meta
+    label = data_tag(meta["dataset"], meta["data"])
+    return {**who, "dataset": meta["dataset"], "data": meta["data"], "dataset_label": label, "split": meta["split"],
+            "setup": meta["setup"], "protocol": setting.protocol, "setting": setting.name, "words": setting.words(),
+            "ways": setting.ways or "5-50", "shots": setting.shots or "imbalanced", "queries": setting.queries or "<=10",
+            "episodes": n, "seed": meta["seed"], "query_dirichlet": setting.query_dirichlet,
+            "episode_file": str(ep.path), "fingerprint": fingerprint,
+            "key": f"{label} {meta['split']} {setting.name} seed{meta['seed']}", "mean_acc": mean, "ci95": half,
+            "seconds": round(seconds, 3), "seconds_per_1000": 1000 * seconds / n,
+            "accs": [round(float(a), 6) for a in acc]}
 
 
 def write_result(path: Path, record: dict) -> None:

@@ -63,7 +63,6 @@ from lowshot.run import (
     trained_model,
 )
 from lowshot.runtime import pick_device
-from lowshot.stats import mean_ci
 
 CHUNK_BYTES = 1 << 24  # features of the episodes a batched head scores together, unless it says otherwise
 
@@ -329,23 +328,6 @@ def ragged_accuracies(name: str, params: Dict[str, Any], feats: torch.Tensor, ep
     return out
 
 
-def _record(cfg: EpisodesConfig, name: str, setting: Setting, ep: Episodes, fingerprint: str, acc: np.ndarray,
-            seconds: float, inputs: EpisodeInputs) -> dict:
-    """One head's result on one episode file: what it was scored on (A, B, the file), its accuracies and time."""
-    mean, half, n = mean_ci(acc)
-    label = data_tag(ep.meta["dataset"], ep.meta["data"])
-    return {"representation": Path(cfg.run).name, "head": name, "head_params": cfg.head_params.get(name, {}),
-            "transductive": bool(getattr(HEADS.get(name), "transductive", False)), "dataset": ep.meta["dataset"],
-            "data": ep.meta["data"], "dataset_label": label, "source_dataset": inputs.source,
-            "split": ep.meta["split"], "setup": ep.meta["setup"], "protocol": setting.protocol,
-            "setting": setting.name, "words": setting.words(), "ways": setting.ways or "5-50",
-            "shots": setting.shots or "imbalanced", "queries": setting.queries or "<=10", "episodes": n,
-            "seed": ep.meta["seed"], "query_dirichlet": setting.query_dirichlet, "episode_file": str(ep.path),
-            "fingerprint": fingerprint, "key": f"{label} {ep.meta['split']} {setting.name} seed{ep.meta['seed']}",
-            "mean_acc": mean, "ci95": half, "seconds": round(seconds, 3), "seconds_per_1000": 1000 * seconds / n,
-            "checkpoint_sha1": inputs.test.attrs.get("checkpoint_sha1"), "accs": [round(float(a), 6) for a in acc]}
-
-
 def score_file(cfg: EpisodesConfig, setting: Setting, ep: Episodes, feats: torch.Tensor, task: Task,
                models: Dict[str, Any], notes: Dict[str, str], inputs: EpisodeInputs) -> List[dict]:
     """Every head (not skipped in `notes`) on one episode file; each result is written under `out_dir`."""
@@ -363,7 +345,10 @@ def score_file(cfg: EpisodesConfig, setting: Setting, ep: Episodes, feats: torch
         except InputError as err:
             notes[name] = f"skipped: {err}"
             continue
-        record = _record(cfg, name, setting, ep, fingerprint, acc.cpu().numpy(), time.perf_counter() - start, inputs)
+        who = {"representation": Path(cfg.run).name, "head": name, "head_params": params, "source_dataset": inputs.source,
+               "transductive": bool(getattr(HEADS.get(name), "transductive", False)),
+               "checkpoint_sha1": inputs.test.attrs.get("checkpoint_sha1")}
+        record = episode_report.make_record(who, setting, ep, fingerprint, acc.cpu().numpy(), time.perf_counter() - start)
         label = name + ("-" + digest(params)[:8] if params else "")
         episode_report.write_result(episode_report.result_path(_out_dir(cfg), record["key"], label), record)
         records.append(record)
