@@ -28,7 +28,7 @@ from lowshot.stats import mean_ci
 
 RESULT_FORMAT = "lowshot-episode-result/1"
 PER_EPISODE = "per_episode"
-COLUMNS = ["representation", "source_dataset", "dataset", "split", "setup", "protocol", "setting", "head",
+COLUMNS = ["representation", "source_dataset", "trained_on", "dataset", "dataset_label", "split", "setup", "protocol", "setting", "head",
            "head_params", "transductive", "ways", "shots", "queries", "episodes", "query_dirichlet", "mean_acc",
            "ci95", "seconds", "seconds_per_1000", "episode_file", "fingerprint"]
 
@@ -41,7 +41,7 @@ def result_path(out: Path, key: str, label: str) -> Path:
 
 def make_record(who: Dict[str, Any], setting, ep, fingerprint: str, acc: np.ndarray, seconds: float) -> dict:
     """One head's result on one episode file (`ep`, of `setting`): `who` (representation, head, head_params,
-    transductive, source_dataset: A, checkpoint_sha1), what it was scored on (B, split, the file), its accuracy
+    transductive, source_dataset: A, trained_on: A's data tag, checkpoint_sha1), what it was scored on (B, split, the file), its accuracy
     on every episode (E,), mean ± 95 % interval, and its time."""
     mean, half, n = mean_ci(acc)
     meta = ep.meta
@@ -92,7 +92,7 @@ def _label(r: dict) -> str:
 
 
 def _trained_on(r: dict) -> str:
-    return r.get("source_dataset") or r["dataset"]
+    return r.get("trained_on") or r.get("source_dataset") or r["dataset"]
 
 
 def table(records: Sequence[dict]) -> str:

@@ -191,6 +191,7 @@ class EpisodeInputs:
         base_mean: (d,) mean of the representation's base-class train rows (SimpleShot's centre), or None.
         request: what an episode file of these inputs records (data set, data, split, classes, labels digest).
         source: the data set the representation was trained on (A).
+        trained_on: A's data tag (its name and the loader arguments that change its images).
     """
 
     test: FeatureSet
@@ -198,6 +199,7 @@ class EpisodeInputs:
     base_mean: Optional[torch.Tensor]
     request: Dict[str, Any]
     source: str
+    trained_on: str
 
 
 def _features_dir(cfg: EpisodesConfig) -> Path:
@@ -231,7 +233,9 @@ def load_episode_inputs(cfg: EpisodesConfig) -> EpisodeInputs:
     request = {"dataset": dataset or Path(spath).stem, "data": json.loads(test.attrs.get("dataset_args") or "{}"),
                "split": SPLITS[cfg.setup], "setup": cfg.setup,
                "classes_digest": digest([int(c) for c in novel]), "labels_digest": labels_digest(test.labels)}
-    return EpisodeInputs(test, novel, centre, request, source or request["dataset"])
+    trained_on = data_tag(source, json.loads(test.attrs.get("source_dataset_args") or "{}")) if source else None
+    return EpisodeInputs(test, novel, centre, request, source or request["dataset"],
+                         trained_on or data_tag(request["dataset"], request["data"]))
 
 
 def _load(cfg: EpisodesConfig):
@@ -328,6 +332,13 @@ def ragged_accuracies(name: str, params: Dict[str, Any], feats: torch.Tensor, ep
     return out
 
 
+def _who(cfg: EpisodesConfig, name: str, inputs: EpisodeInputs) -> Dict[str, Any]:
+    """What a result records of the head and the representation: run, head, options, transductive, A."""
+    return {"representation": Path(cfg.run).name, "head": name, "head_params": cfg.head_params.get(name, {}),
+            "transductive": bool(getattr(HEADS.get(name), "transductive", False)), "source_dataset": inputs.source,
+            "trained_on": inputs.trained_on, "checkpoint_sha1": inputs.test.attrs.get("checkpoint_sha1")}
+
+
 def score_file(cfg: EpisodesConfig, setting: Setting, ep: Episodes, feats: torch.Tensor, task: Task,
                models: Dict[str, Any], notes: Dict[str, str], inputs: EpisodeInputs) -> List[dict]:
     """Every head (not skipped in `notes`) on one episode file; each result is written under `out_dir`."""
@@ -345,10 +356,8 @@ def score_file(cfg: EpisodesConfig, setting: Setting, ep: Episodes, feats: torch
         except InputError as err:
             notes[name] = f"skipped: {err}"
             continue
-        who = {"representation": Path(cfg.run).name, "head": name, "head_params": params, "source_dataset": inputs.source,
-               "transductive": bool(getattr(HEADS.get(name), "transductive", False)),
-               "checkpoint_sha1": inputs.test.attrs.get("checkpoint_sha1")}
-        record = episode_report.make_record(who, setting, ep, fingerprint, acc.cpu().numpy(), time.perf_counter() - start)
+        record = episode_report.make_record(_who(cfg, name, inputs), setting, ep, fingerprint, acc.cpu().numpy(),
+                                            time.perf_counter() - start)
         label = name + ("-" + digest(params)[:8] if params else "")
         episode_report.write_result(episode_report.result_path(_out_dir(cfg), record["key"], label), record)
         records.append(record)
