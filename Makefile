@@ -14,7 +14,7 @@ SEED   ?= 0
 # torch/torchvision known to work together on this machine (setup.cfg holds lower bounds only)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test docs docs-results data train features generate train-matching train-weight-generator train-pmn weight-generator pmn benchmark benchmark-slow benchmark-gen episodes gfsl report baselines representations objectives incremental incremental-cifar100 fscil clean-demo
+.PHONY: install demo test docs docs-results data train features generate train-matching train-weight-generator train-pmn weight-generator pmn benchmark benchmark-slow benchmark-gen episodes episodes-cross gfsl report baselines representations objectives incremental incremental-cifar100 fscil clean-demo
 
 install: $(VENV)/.installed
 
@@ -69,8 +69,21 @@ benchmark-gen: install
 	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator analogies --max-per-label 5 --seed $(SEED)
 	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator analogies --max-per-label 20 --seed $(SEED)
 
+# the standard settings (5-way 1- and 5-shot, 15 queries per class, 600 episodes) from the fixed episode files of
+# experiment_cfgs/glyphs/episodes/ (drawn and written on first use, then shared by every run)
+EPISODE_SETTINGS ?= standard
 episodes: install
-	$(LOWSHOT) episodes --run $(RUN) --seed $(SEED)
+	$(LOWSHOT) episodes --run $(RUN) --seed $(SEED) --settings $(EPISODE_SETTINGS)
+
+# cross-domain (Chen et al.'s miniImageNet -> CUB, on glyphs): $(RUN)'s representation on the test classes of the
+# outline glyphs (another lettering style), beside its own test classes; one paired table per episode file
+XDOMAIN_ARGS ?= {"variant": "outline"}
+XDOMAIN_TAG ?= glyphs-variant-outline
+episodes-cross: install
+	$(LOWSHOT) features --run $(RUN) --dataset glyphs --set 'dataset_args=$(XDOMAIN_ARGS)'
+	$(LOWSHOT) episodes --run $(RUN) --seed $(SEED) --settings $(EPISODE_SETTINGS)
+	$(LOWSHOT) episodes --run $(RUN) --seed $(SEED) --settings $(EPISODE_SETTINGS) --dataset glyphs --set 'dataset_args=$(XDOMAIN_ARGS)'
+	$(LOWSHOT) report $(RUN)/episodes $(RUN)/cross/$(XDOMAIN_TAG)/episodes --out $(RUN)/episodes-cross-report
 
 gfsl: install
 	$(LOWSHOT) gfsl --run $(RUN) --seed $(SEED)

@@ -205,7 +205,9 @@ def train(run, backbone, classifier, aux_loss, aux_weight, objective, epochs, da
 @click.option("--backbone", default=None, metavar="timm:NAME|torchvision:NAME", help="An external model instead of a checkpoint.")
 @click.option("--weights", default=None, help="Its local weights file (.safetensors or a torch.save state dict).")
 @click.option("--random-init", is_flag=True, default=None, help="Its random initialisation instead of a weights file.")
-@click.option("--dataset", default=None, type=RegistryChoice("lowshot.data", "DATASETS"), help="For --backbone [default: glyphs].")
+@click.option("--dataset", default=None, type=RegistryChoice("lowshot.data", "DATASETS"),
+              help="For --backbone [default: glyphs]; with a checkpoint, another data set B than its own: B's test "
+                   "features in <run>/cross/<B>/ (cross-domain).")
 @click.option("--root", default=None, help="Folder of an on-disk data set (sets dataset_args.root).")
 @click.option("--force", is_flag=True, default=None)
 @click.option("--workers", type=int, default=None, help="Decoding processes per extraction process [default: auto].")
@@ -274,10 +276,15 @@ def benchmark(run, heads, ns, expid, setup, test_features, solver, generator, ma
 
 @stage_command("episodes")
 @click.option("--run", default=None, help="Run folder (or name under runs/).")
+@click.option("--settings", default=None, help="Comma-separated episode settings: standard, standard-2000, "
+              "standard-10000, 5w1s15q-600, md-600 [default: ways × shots].")
+@click.option("--dataset", default=None, type=RegistryChoice("lowshot.data", "DATASETS"),
+              help="Cross-domain: the data set B of `lowshot features --dataset B` (and its --set dataset_args).")
 @common
-def episodes(run, config, sets, seed, device):
+def episodes(run, settings, dataset, config, sets, seed, device):
     from lowshot.run import run_dir
-    click.echo(run_stage("episodes", config, sets, run=run and run_dir(run), seed=seed, device=device))
+    click.echo(run_stage("episodes", config, sets, run=run and run_dir(run), seed=seed, device=device,
+                         settings=settings and [s.strip() for s in settings.split(",") if s.strip()], dataset=dataset))
 
 
 @stage_command("gfsl")
@@ -338,7 +345,7 @@ def predict(images, checkpoint, top_k, as_csv, device):
 @click.option("--compare", nargs=2, default=None, metavar="A B", help="Paired differences of method A minus B.")
 @click.option("--no-plot", is_flag=True)
 def report(results, out_dir, compare, no_plot):
-    """RESULTS: result folders [default: runs/demo/results]."""
+    """RESULTS: result folders, or episodes folders (paired per-episode tables) [default: runs/demo/results]."""
     click.echo(run_stage("report", None, (), results=list(results) or None, out_dir=out_dir,
                          compare=list(compare) if compare else None, plot=not no_plot))
 

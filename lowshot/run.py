@@ -10,9 +10,12 @@
       gfsl/gfsl.{csv,md}              gfsl
       incremental/setup<k>/           incremental
       fscil/<protocol>/               fscil
+      cross/<data tag>/features/test.hdf5   features of another data set B (`lowshot features --dataset B`)
+      cross/<data tag>/episodes/      episodes on B's test classes (`lowshot episodes --dataset B`)
       report/                         report
     label_splits/<dataset>.json       which classes are base and novel (H&G label_idx.json)
     experiment_cfgs/<dataset>/        splitfile_{1..5}.json: the shots of each experiment
+      episodes/*.npz                  fixed episode files, shared by every run of the data set
 
 `ARTEFACTS` names each file or folder a stage reads or writes (`lowshot.stages.STAGES` says which
 stage makes which). Every stage reads its feature inputs through `load_inputs`, so the defaults,
@@ -74,6 +77,10 @@ class RunFolder:
     def path(self, artefact: str) -> Path:
         """Where `artefact` (a key of `ARTEFACTS`) lies in this run folder."""
         return self.root / ARTEFACTS[artefact]
+
+    def cross(self, tag: str) -> Path:
+        """The folder of cross-domain outputs on data set B (`lowshot.data.cross.data_tag`): features, episodes."""
+        return self.root / "cross" / tag
 
     @property
     def checkpoints(self) -> Path:
@@ -166,8 +173,12 @@ def check_compatible(train: FeatureSet, test: Optional[FeatureSet], splits: Labe
         if len(fs.labels) and fs.labels.max() >= splits.num_classes:
             raise InputError(fs.path, f"label {fs.labels.max()} is outside the label space of {spath} "
                                       f"({splits.num_classes} classes)")
-    if test is None:
-        return
+    if test is not None:
+        check_same_representation(train, test)
+
+
+def check_same_representation(train: FeatureSet, test: FeatureSet) -> None:
+    """Same dimension and, when both record one, the same checkpoint."""
     if test.dim != train.dim:
         raise InputError(test.path, f"feature dimension {test.dim} does not match {train.path} ({train.dim})")
     a, b = train.attrs.get("checkpoint_sha1"), test.attrs.get("checkpoint_sha1")

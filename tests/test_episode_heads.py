@@ -148,9 +148,9 @@ def test_unbalanced_queries_keep_the_support_and_label_each_query(run):  # noqa:
 
 def test_transductive_rows_are_marked(run):  # noqa: F811
     cfg = EpisodesConfig(run=str(run), splits=str(run / "splits.json"), out_dir=str(run / "ep_t"), device="cpu",
-                         heads=["protonet", "bd_cspn"], ways=[5], shots=[1], episodes=20, query_dirichlet=2.0)
+                         episodes_dir=str(run / "episode_files"), heads=["protonet", "bd_cspn"], ways=[5], shots=[1], episodes=20, query_dirichlet=2.0)
     text = episodes(cfg)
-    assert "| bd_cspn † |" in text and "| protonet |" in text and "Dirichlet(2)" in text
+    assert "| bd_cspn | transductive |" in text and "| protonet | inductive |" in text and "Dirichlet(2)" in text
     with open(run / "ep_t" / "episodes.csv") as f:
         marks = {r["head"]: r["transductive"] for r in csv.DictReader(f)}
     assert marks == {"protonet": "False", "bd_cspn": "True"}

@@ -39,7 +39,8 @@ def run(tmp_path_factory):
 
 
 def config(run, **kw) -> EpisodesConfig:
-    return EpisodesConfig(run=str(run), splits=str(run / "splits.json"), out_dir=str(run / "ep"), device="cpu", **kw)
+    return EpisodesConfig(run=str(run), splits=str(run / "splits.json"), out_dir=str(run / "ep"), device="cpu",
+                          episodes_dir=str(run / "episode_files"), **kw)
 
 
 def test_draws_are_disjoint_seeded_and_within_novel_classes():
@@ -95,7 +96,7 @@ def test_imprint_is_skipped_without_a_cosine_scale(run, tmp_path):
     fs = FeatureSet(np.zeros((1600, 16), np.float32), np.repeat(np.arange(40), 40), {"dataset": "synth"})
     write_features(tmp_path / "features" / "test.hdf5", fs)
     cfg = EpisodesConfig(run=str(tmp_path), splits=str(run / "splits.json"), heads=["imprint"], ways=[5], shots=[1],
-                         episodes=10, device="cpu")
+                         episodes=10, device="cpu", episodes_dir=str(tmp_path / "episode_files"))
     assert "imprint: skipped" in episodes(cfg) and "cosine" in episodes(cfg)
 
 
@@ -152,4 +153,4 @@ def test_cosine_ncm_is_skipped_without_train_features(run):
     assert "cosine_ncm: skipped" in text and "train.hdf5" in text
     text = episodes(config(run, heads=["cosine_ncm"], ways=[5], shots=[1], episodes=10,
                            head_params={"cosine_ncm": {"centre": "support"}}))
-    assert "| cosine_ncm |" in text
+    assert "| cosine_ncm {\"centre\": \"support\"} | inductive |" in text

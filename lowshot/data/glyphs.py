@@ -4,7 +4,8 @@ Each class is one visually distinct letter; its 16 possible "writers" are the De
 and Sans Mono and STIXGeneral fonts in 4 styles each. Samples vary in font, stroke weight, size,
 aspect, rotation, shear and position, with contrast changes and Gaussian noise; the "hard"
 variant adds stronger jitter, distractor strokes and an occluding square (recipe: environment.md
-§1a). Images are 32 x 32 grayscale, glyph ink bright (255) on a dark (0) background.
+§1a); the "outline" variant draws the hard variant's letters as their contour, another lettering
+style (the cross-domain target of `make episodes-cross`). Images are 32 x 32 grayscale, glyph ink bright (255) on a dark (0) background.
 
 Cache layout (folder: `cache_dir`, else `$LOWSHOT_CACHE`, else `$XDG_CACHE_HOME/lowshot`, else
 `~/.cache/lowshot`), both files regenerated when a recorded version differs from the running one:
@@ -28,7 +29,7 @@ import matplotlib
 import numpy as np
 import PIL
 from fontTools.ttLib import TTFont
-from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps, features
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps, features
 
 from lowshot.data.base import DATASETS, ImageDataset
 from lowshot.data.files import cache_root
@@ -58,9 +59,17 @@ class _Jitter:
     shear: float
     distractors: bool  # 0-2 random line strokes
     occlude: bool  # with p=.5 a black square of 15-30 % of the canvas side
+    outline: bool = False  # the letter's contour: a ring from 1 px inside to 4 px outside its ink (master px)
 
 
-VARIANTS = {"easy": _Jitter(8.0, 0.12, False, False), "hard": _Jitter(15.0, 0.25, True, True)}
+VARIANTS = {"easy": _Jitter(8.0, 0.12, False, False), "hard": _Jitter(15.0, 0.25, True, True),
+            "outline": _Jitter(15.0, 0.25, True, True, outline=True)}
+
+
+def _outline(master: Image.Image) -> Image.Image:
+    """The contour of a master's ink, on a border wide enough that the ring is never clipped."""
+    wide = ImageOps.expand(master, 4)
+    return ImageChops.subtract(wide.filter(ImageFilter.MaxFilter(9)), wide.filter(ImageFilter.MinFilter(3)))
 
 
 def library_versions() -> Dict[str, str]:
@@ -204,8 +213,8 @@ def _sample(master: Image.Image, p: Dict[str, np.ndarray], k: int) -> np.ndarray
 def render_class(codepoint: int, font_ids: Tuple[int, ...], n: int, variant: str = "hard",
                  seed: int = 0) -> np.ndarray:
     """n samples of one letter, uint8 of shape (n, SIZE, SIZE); depends only on these arguments."""
-    rng = np.random.default_rng([seed, codepoint])
-    p = _draw_params(rng, n, len(font_ids), VARIANTS[variant])
+    rng, jitter = np.random.default_rng([seed, codepoint]), VARIANTS[variant]
+    p = _draw_params(rng, n, len(font_ids), jitter)
     masters = [render_master(font_id, codepoint) for font_id in font_ids]
     stroked: Dict[Tuple[int, int], Image.Image] = {}
     images = np.empty((n, SIZE, SIZE), np.uint8)
@@ -213,6 +222,7 @@ def render_class(codepoint: int, font_ids: Tuple[int, ...], n: int, variant: str
         if key not in stroked:
             stroke = _STROKES[key[1]]
             stroked[key] = masters[key[0]].filter(stroke) if stroke else masters[key[0]]
+            stroked[key] = _outline(stroked[key]) if jitter.outline else stroked[key]
         images[k] = _sample(stroked[key], p, k)
     x = images / 255.0 * p["contrast"][:, None, None]
     x += rng.standard_normal(x.shape) * p["noise"][:, None, None]

@@ -17,10 +17,22 @@ label an episode's queries together) are marked † in the table and `transducti
 among its classes in proportions drawn from Dirichlet(a, …, a), as in Veilleux et al., "Realistic
 Evaluation of Transductive Few-Shot Learning", NeurIPS 2021 (a = 2 there); same classes and support
 rows as the balanced episodes of the same seed.
+
+Every setting is scored on a fixed episode file (`lowshot.protocols.episode_files`): drawn once per
+(data set, split, ways, shots, queries, count, seed, sampler) into `experiment_cfgs/<dataset>/episodes/`
+and reused by every head and every representation of the data set; `settings` names them
+(`standard`: 5-way 1- and 5-shot, 15 queries per class, 600 episodes; `standard-2000`,
+`standard-10000`; `md-600`: Meta-Dataset's variable ways and shots, `lowshot.protocols.metadataset`).
+Variable episodes are fitted one at a time. Per (head, file) the accuracy of every episode is written
+under `<out_dir>/per_episode/` with the file's fingerprint, so `lowshot report` pairs heads and
+representations episode by episode (`lowshot.protocols.episode_report`). `dataset` (B) scores the
+cross-domain features of `lowshot features --dataset B` (in `<run>/cross/<B>/`), episodes drawn from
+B's test classes; SimpleShot's centre is then the mean of the representation's own (A's) base rows.
 """
 from __future__ import annotations
 
-import csv
+import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,21 +41,28 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from lowshot.data.cross import data_tag
 from lowshot.errors import InputError
 from lowshot.heads import HEADS, Task
 from lowshot.io.atomic import atomic_path
 from lowshot.io.features import FeatureSet, read_features
+from lowshot.io.fingerprint import digest
 from lowshot.io.splits import LabelSplits
+from lowshot.protocols import episode_report
+from lowshot.protocols.episode_files import Episodes, Setting, check_rows, episode_file, labels_digest, parse_settings
+from lowshot.protocols.metadataset import draw_metadataset
 from lowshot.run import (
     RunFolder,
     check_compatible,
+    check_same_representation,
     rows_of,
+    data_key,
+    shots_dir,
     splits_for,
     test_features_path,
     trained_model,
 )
 from lowshot.runtime import pick_device
-from lowshot.stats import mean_ci
 
 CHUNK_BYTES = 1 << 24  # features of the episodes a batched head scores together, unless it says otherwise
 
@@ -71,6 +90,14 @@ class EpisodesConfig:
     device: str = "auto"
     out_dir: Optional[str] = None  # default: <run>/episodes
     query_dirichlet: float = 0.0  # 0: `queries` per class; a > 0: class proportions ~ Dirichlet(a)
+    settings: List[str] = field(default_factory=list)  # standard[-2000|-10000], 5w1s15q-600, md-600; []: ways × shots
+    episode_file: Optional[str] = None  # score this episode file instead of the settings' files
+    episodes_dir: Optional[str] = None  # default: experiment_cfgs/<dataset>/episodes
+    dataset: Optional[str] = None  # cross-domain: data set B of `lowshot features --dataset B` (<run>/cross/<B>/)
+    dataset_args: Dict[str, Any] = field(default_factory=dict)  # B's loader arguments, as given to `lowshot features`
+
+
+SPLITS = {1: "val", 2: "test"}  # a setup's novel classes: a few-shot benchmark's val / test classes
 
 
 def draw_episodes(labels: np.ndarray, classes: np.ndarray, ways: int, shots: int, queries: int, episodes: int,
@@ -154,14 +181,72 @@ def episode_accuracies(name: str, params: Dict[str, Any], support: torch.Tensor,
     return (guess == truth).float().mean(-1)
 
 
-def _load(cfg: EpisodesConfig):
-    """Test features, the setup's novel classes and the mean (d,) of its base classes' train rows (or None)."""
-    folder = Path(cfg.features_dir) if cfg.features_dir else RunFolder(Path(cfg.run)).features
+@dataclass
+class EpisodeInputs:
+    """What the episodes of a run are drawn from and scored on.
+
+    Attributes:
+        test: the test features (B's, for cross-domain features).
+        novel: the setup's novel classes (the split the episodes draw from).
+        base_mean: (d,) mean of the representation's base-class train rows (SimpleShot's centre), or None.
+        request: what an episode file of these inputs records (data set, data, split, classes, labels digest).
+        source: the data set the representation was trained on (A).
+        trained_on: A's data tag (its name and the loader arguments that change its images).
+    """
+
+    test: FeatureSet
+    novel: np.ndarray
+    base_mean: Optional[torch.Tensor]
+    request: Dict[str, Any]
+    source: str
+    trained_on: str
+
+
+def _features_dir(cfg: EpisodesConfig) -> Path:
+    """`features_dir`, else the run's features, else (`dataset` B given) its cross-domain features of B."""
+    if cfg.features_dir:
+        return Path(cfg.features_dir)
+    run = RunFolder(Path(cfg.run))
+    if cfg.dataset is None:
+        return run.features
+    folder = run.cross(data_tag(cfg.dataset, cfg.dataset_args)) / "features"
+    if not folder.is_dir():
+        raise InputError(folder, f"no cross-domain features of {cfg.dataset}: run `lowshot features --run {cfg.run} "
+                                 f"--dataset {cfg.dataset}` with the same loader arguments first (for the run's own "
+                                 "data set, leave dataset out)")
+    return folder
+
+
+def load_episode_inputs(cfg: EpisodesConfig) -> EpisodeInputs:
+    """The test features, novel classes, centre and episode-file request of `cfg`, checked to belong together."""
+    folder = _features_dir(cfg)
     test = read_features(test_features_path(folder, cfg.test_features))
     splits, spath = splits_for(test, cfg.splits)
     check_compatible(test, None, splits, spath)
     base, novel = splits.setup(cfg.setup)
-    return test, novel, _base_mean(folder / "train.hdf5", test, base, splits, spath)
+    source = test.attrs.get("source_dataset")
+    centre = _source_mean(cfg, test, source) if source else _base_mean(folder / "train.hdf5", test, base, splits, spath)
+    request = {"dataset": data_key(test) or Path(spath).stem, "data": json.loads(test.attrs.get("dataset_args") or "{}"),
+               "split": SPLITS[cfg.setup], "setup": cfg.setup,
+               "classes_digest": digest([int(c) for c in novel]), "labels_digest": labels_digest(test.labels)}
+    trained_on = data_tag(source, json.loads(test.attrs.get("source_dataset_args") or "{}")) if source else None
+    return EpisodeInputs(test, novel, centre, request, source or request["dataset"],
+                         trained_on or data_tag(request["dataset"], request["data"]))
+
+
+def _load(cfg: EpisodesConfig):
+    """Test features, the setup's novel classes and the mean (d,) of its base classes' train rows (or None)."""
+    inputs = load_episode_inputs(cfg)
+    return inputs.test, inputs.novel, inputs.base_mean
+
+
+def _source_mean(cfg: EpisodesConfig, test: FeatureSet, source: str) -> Optional[torch.Tensor]:
+    """Cross-domain: the mean of the representation's own base rows (data set A's, in `<run>/features`), never B's."""
+    path = RunFolder(Path(cfg.run)).path("train_features")
+    if not path.exists():
+        return None
+    splits, spath = splits_for(read_features(path))
+    return _base_mean(path, test, splits.setup(cfg.setup)[0], splits, spath)
 
 
 def _base_mean(path: Path, test: FeatureSet, base: np.ndarray, splits: LabelSplits,
@@ -170,7 +255,8 @@ def _base_mean(path: Path, test: FeatureSet, base: np.ndarray, splits: LabelSpli
     if not path.exists():
         return None
     train = read_features(path)
-    check_compatible(train, test, splits, spath)
+    check_compatible(train, None, splits, spath)
+    check_same_representation(train, test)
     feats, _ = rows_of(train, base)
     return torch.from_numpy(feats.mean(0, dtype=np.float64)).float() if len(feats) else None
 
@@ -192,69 +278,121 @@ def head_models(cfg: EpisodesConfig, heads: List[str], dim: int, device: torch.d
     return models
 
 
+def settings_of(cfg: EpisodesConfig) -> List[Setting]:
+    """The named `settings`, else every (ways, shots) of `ways` × `shots` with `queries`, `episodes` and
+    `query_dirichlet`."""
+    if cfg.settings:
+        return parse_settings(cfg.settings, cfg.queries, cfg.query_dirichlet)
+    return [Setting(w, s, cfg.queries, cfg.episodes, cfg.query_dirichlet) for w in cfg.ways for s in cfg.shots]
+
+
+def _drawer(cfg: EpisodesConfig, setting: Setting, inputs: EpisodeInputs):
+    """The function that draws the episodes of `setting` for an episode file's request."""
+    labels, novel = inputs.test.labels, inputs.novel
+
+    def draw(meta: Dict[str, Any]) -> Episodes:
+        if setting.sampler == "metadataset":
+            return Episodes.from_list(draw_metadataset(labels, novel, setting.episodes, cfg.seed), meta)
+        asked = dataclasses.replace(cfg, queries=setting.queries, episodes=setting.episodes,
+                                    query_dirichlet=setting.query_dirichlet)
+        return Episodes.from_dense(*draw_queries(asked, labels, novel, setting.ways, setting.shots), labels, meta)
+    return draw
+
+
+def episode_files(cfg: EpisodesConfig, inputs: EpisodeInputs) -> List[Tuple[Setting, Episodes]]:
+    """Each setting with its episode file (read when it exists, else drawn and written), checked against the
+    test features' rows; or the one `episode_file` given."""
+    folder = Path(cfg.episodes_dir) if cfg.episodes_dir else shots_dir(inputs.request["dataset"]) / "episodes"
+    if cfg.episode_file:
+        ep = episode_file(folder, Setting(), cfg.seed, {}, None, cfg.episode_file)
+        pairs = [(parse_settings([ep.meta["setting"]])[0], ep)]
+    else:
+        pairs = [(s, episode_file(folder, s, cfg.seed, inputs.request, _drawer(cfg, s, inputs)))
+                 for s in settings_of(cfg)]
+    for _, ep in pairs:
+        check_rows(ep, inputs.test.labels, inputs.test.path)
+    return pairs
+
+
+def ragged_accuracies(name: str, params: Dict[str, Any], feats: torch.Tensor, ep: Episodes,
+                      task: Task) -> torch.Tensor:
+    """Accuracy (E,) of one head on variable episodes (any ways, per-class shots), fitted one episode at a time
+    on its support rows of `feats` (N, d) and scored on its queries."""
+    out = torch.empty(len(ep))
+    for i in range(len(ep)):
+        sup, sup_way, qry, qry_way = (torch.from_numpy(a).to(feats.device) for a in ep.episode(i))
+        ways = int(ep.ways[i])
+        t = dataclasses.replace(task, num_classes=ways, novel_classes=np.arange(ways))
+        guess = HEADS.create(name, **params).fit(feats[sup], sup_way, t).scores(feats[qry]).argmax(-1)
+        out[i] = (guess == qry_way).float().mean()
+    return out
+
+
+def _who(cfg: EpisodesConfig, name: str, inputs: EpisodeInputs) -> Dict[str, Any]:
+    """What a result records of the head and the representation: run, head, options, transductive, A."""
+    return {"representation": Path(cfg.run).name, "head": name, "head_params": cfg.head_params.get(name, {}),
+            "transductive": bool(getattr(HEADS.get(name), "transductive", False)), "source_dataset": inputs.source,
+            "trained_on": inputs.trained_on, "checkpoint_sha1": inputs.test.attrs.get("checkpoint_sha1")}
+
+
+def score_file(cfg: EpisodesConfig, setting: Setting, ep: Episodes, feats: torch.Tensor, task: Task,
+               models: Dict[str, Any], notes: Dict[str, str], inputs: EpisodeInputs) -> List[dict]:
+    """Every head (not skipped in `notes`) on one episode file; each result is written under `out_dir`."""
+    dense, fingerprint, records = ep.dense(), ep.fingerprint, []
+    if dense is not None:
+        sup, qry, truth = (t.to(feats.device) for t in dense)
+        support, query = feats[sup], feats[qry]
+    for name in [h for h in cfg.heads if h not in notes]:
+        params, start = cfg.head_params.get(name, {}), time.perf_counter()
+        t = dataclasses.replace(task, model=models.get(name), num_classes=setting.ways,
+                                novel_classes=np.arange(setting.ways))
+        try:
+            acc = (episode_accuracies(name, params, support, query, t, truth) if dense is not None
+                   else ragged_accuracies(name, params, feats, ep, t))
+        except InputError as err:
+            notes[name] = f"skipped: {err}"
+            continue
+        record = episode_report.make_record(_who(cfg, name, inputs), setting, ep, fingerprint, acc.cpu().numpy(),
+                                            time.perf_counter() - start)
+        label = name + ("-" + digest(params)[:8] if params else "")
+        episode_report.write_result(episode_report.result_path(_out_dir(cfg), record["key"], label), record)
+        records.append(record)
+    return records
+
+
 def episodes(cfg: EpisodesConfig) -> str:
-    """Run every (head, ways, shots) cell; write <out_dir>/episodes.{csv,md}; return the markdown."""
-    heads, ways, shots = cfg.heads, cfg.ways, cfg.shots
-    for name in heads:
+    """Score every head on the episode file of every setting; write <out_dir>/episodes.{csv,md} and the
+    per-episode results (<out_dir>/per_episode/); return the markdown."""
+    for name in cfg.heads:
         HEADS.get(name)
-    test, novel, base_mean = _load(cfg)
+    inputs = load_episode_inputs(cfg)
     device = pick_device(cfg.device)
-    feats = torch.from_numpy(np.ascontiguousarray(test.feats)).to(device)
-    base_mean = base_mean.to(device) if base_mean is not None else None
+    feats = torch.from_numpy(np.ascontiguousarray(inputs.test.feats)).to(device)
+    base_mean = inputs.base_mean.to(device) if inputs.base_mean is not None else None
     notes: Dict[str, str] = {}
-    models = head_models(cfg, heads, test.dim, device, notes)
-    rows = []
-    for w in ways:
-        for s in shots:
-            sup, qry, truth = draw_queries(cfg, test.labels, novel, w, s)
-            support, query = feats[sup.to(device)], feats[qry.to(device)]
-            for name in heads:
-                if name in notes:
-                    continue
-                task = Task(w, np.zeros(0, np.int64), np.arange(w), None, test.classifier_scale, seed=cfg.seed,
-                            device=device, base_mean=base_mean, model=models.get(name))
-                start = time.perf_counter()
-                try:
-                    acc = episode_accuracies(name, cfg.head_params.get(name, {}), support, query, task,
-                                             truth.to(device))
-                except InputError as err:
-                    notes[name] = f"skipped: {err}"
-                    continue
-                mean, half, n = mean_ci(acc.cpu().numpy())
-                rows.append({"head": name, "ways": w, "shots": s, "queries": cfg.queries, "episodes": n,
-                             "mean_acc": mean, "ci95": half, "seconds": round(time.perf_counter() - start, 3),
-                             "transductive": bool(getattr(HEADS.get(name), "transductive", False)),
-                             "query_dirichlet": cfg.query_dirichlet})
-    return _write(cfg, rows, notes, heads, ways, shots)
+    models = head_models(cfg, cfg.heads, inputs.test.dim, device, notes)
+    task = Task(0, np.zeros(0, np.int64), np.zeros(0, np.int64), None, inputs.test.classifier_scale, seed=cfg.seed,
+                device=device, base_mean=base_mean)
+    records = []
+    for setting, ep in episode_files(cfg, inputs):
+        records += score_file(cfg, setting, ep, feats, task, models, notes, inputs)
+    return _write(cfg, records, notes)
 
 
-def _query_words(cfg: EpisodesConfig) -> str:
-    """How the table's episodes spread their queries, in words."""
-    if cfg.query_dirichlet > 0:
-        return f"ways × {cfg.queries} queries, class proportions ~ Dirichlet({cfg.query_dirichlet:g})"
-    return f"{cfg.queries} queries per class"
+def _out_dir(cfg: EpisodesConfig) -> Path:
+    """`out_dir`, else `<run>/episodes` (cross-domain: `<run>/cross/<B>/episodes`)."""
+    if cfg.out_dir:
+        return Path(cfg.out_dir)
+    run = RunFolder(Path(cfg.run))
+    return run.cross(data_tag(cfg.dataset, cfg.dataset_args)) / "episodes" if cfg.dataset else run.path("episodes")
 
 
-def _write(cfg: EpisodesConfig, rows: List[dict], notes: Dict[str, str], heads, ways, shots) -> str:
-    """Long CSV and a markdown table (heads × configurations, % with 95 % interval), both atomic."""
-    out = Path(cfg.out_dir) if cfg.out_dir else RunFolder(Path(cfg.run)).path("episodes")
-    with atomic_path(out / "episodes.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["head", "ways", "shots", "queries", "episodes", "mean_acc", "ci95",
-                                               "seconds", "transductive", "query_dirichlet"])
-        writer.writeheader()
-        writer.writerows(rows)
-    cell = {(r["head"], r["ways"], r["shots"]): f"{100 * r['mean_acc']:.2f} ± {100 * r['ci95']:.2f}" for r in rows}
-    configs = [(w, s) for w in ways for s in shots]
-    lines = ["| head | " + " | ".join(f"{w}-way {s}-shot" for w, s in configs) + " |",
-             "|---|" + "---|" * len(configs)]
-    dagger = {r["head"]: " †" if r["transductive"] else "" for r in rows}
-    lines += [f"| {h}{dagger.get(h, '')} | " + " | ".join(cell.get((h, w, s), "–") for w, s in configs) + " |"
-              for h in heads if h not in notes]
-    lines += [""] + [f"- {h}: {why}" for h, why in notes.items()] if notes else []
-    lines += ["", f"Top-1 accuracy (%) over {cfg.episodes} episodes of setup {cfg.setup}'s novel classes "
-                  f"({_query_words(cfg)}), mean ± 95 % interval."]
-    lines += ["† transductive: labels an episode's queries together, using them all."] if any(dagger.values()) else []
-    text = "\n".join(lines) + "\n"
+def _write(cfg: EpisodesConfig, records: List[dict], notes: Dict[str, str]) -> str:
+    """Long CSV and markdown tables (one per episode file, naming it and its fingerprint), both atomic."""
+    out = _out_dir(cfg)
+    episode_report.write_csv(out / "episodes.csv", records)
+    text = episode_report.tables(records) if records else ""
+    text += "".join(f"\n- {h}: {why}" for h, why in notes.items()) + ("\n" if notes else "")
     with atomic_path(out / "episodes.md") as tmp:
         tmp.write_text(text)
     return text

@@ -85,7 +85,9 @@ STAGES: Tuple[Stage, ...] = (
           "Run the low-shot grid: one result JSON per (head, n, experiment) under <run>/results/.", model_reads=True),
     Stage("episodes", "lowshot.protocols.episodes:EpisodesConfig", "lowshot.protocols.episodes:episodes",
           ("train_features", "test_features"), ("episodes",),
-          "Episodic N-way K-shot evaluation on novel-class test features (mean ± 95 % interval).", model_reads=True),
+          "Episodic N-way K-shot (or Meta-Dataset) evaluation on novel-class test features from fixed episode files "
+          "(experiment_cfgs/<dataset>/episodes/), per-episode results for paired reports (mean ± 95 % interval).",
+          model_reads=True),
     Stage("gfsl", "lowshot.protocols.gfsl:GFSLConfig", "lowshot.protocols.gfsl:gfsl",
           ("train_features", "test_features"), ("gfsl",),
           "Generalised few-shot episodes (Gidaris & Komodakis): novel classes beside every base class; novel, "

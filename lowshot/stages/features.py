@@ -4,6 +4,9 @@ Rows are written in blocks as the batches arrive (ImageNet's 1.28M rows are neve
 Under `torchrun` the rows are cut into the batches one process would form, each process extracts
 a contiguous run of batches into a part file, and rank 0 copies the parts in row order into each
 file (atomically): the file equals the single-process one.
+
+`--dataset B` with a checkpoint trained on another data set A extracts B's test images through A's
+representation (cross-domain, `cross_features`) into `<run>/cross/<B>/features/`, never over A's.
 """
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ from lowshot import distributed
 from lowshot.backbones import Model
 from lowshot.backbones.external import build_external, check_source
 from lowshot.data import DATASETS, ImageDataset
+from lowshot.data.cross import cross_inputs, data_args, data_tag
 from lowshot.data.feeds import FeedOptions, make_feed
 from lowshot.data.stream import UnreadableImage
 from lowshot.io.checkpoints import load_checkpoint, trained_model
 from lowshot.io.features import BLOCK_ROWS, FeatureSet, feature_writer
+from lowshot.errors import InputError
 from lowshot.io.fingerprint import digest, file_digest, up_to_date
 from lowshot.precision import autocast
 from lowshot.run import RunFolder
@@ -46,7 +51,7 @@ class FeaturesConfig:
     backbone: Optional[str] = None  # "timm:<name>" | "torchvision:<name>"
     weights: Optional[str] = None  # local weights file (.safetensors or a torch.save state dict)
     random_init: bool = False  # no weights file: the library's random initialisation (seeded)
-    dataset: str = "glyphs"
+    dataset: Optional[str] = None  # --backbone: glyphs by default; a checkpoint: another data set (cross-domain)
     dataset_args: Dict[str, Any] = field(default_factory=dict)
     preprocess: Dict[str, Any] = field(default_factory=dict)  # overrides, e.g. {"image_size": 64}
     seed: int = 0
@@ -130,7 +135,7 @@ def _up_to_date(paths: Dict[str, Path], identity: Dict[str, Any], source: str) -
 
 def _data_attrs(data) -> Dict[str, Any]:
     """What a feature file records of its images: the data set's key and the fingerprint of its class and image lists."""
-    return {"dataset": data.name, "data_key": data.key, "data_fingerprint": data.fingerprint}
+    return {"data_key": data.key, "data_fingerprint": data.fingerprint}
 
 
 def _load_model(ckpt_path: Path, ckpt, data, device: torch.device):
@@ -179,13 +184,19 @@ def _trained_classifier(model, tcfg: Dict[str, Any]):
 
 
 def features(cfg: FeaturesConfig) -> Dict[str, Path]:
-    """Write `<out>/train.hdf5` and `<out>/test.hdf5`; skip files made from the same checkpoint."""
+    """Write `<out>/train.hdf5` and `<out>/test.hdf5`; skip files made from the same checkpoint.
+
+    With `cfg.dataset` other than the checkpoint's (cross-domain), write only the test file of that data set,
+    into `<run>/cross/<data tag>/features/` (`cross_features`).
+    """
     if cfg.backbone:
         return external_features(cfg)
     ckpt_path = Path(cfg.checkpoint or RunFolder(Path(cfg.run)).path("checkpoint"))
-    _, paths = _output_paths(cfg)
     ckpt = load_checkpoint(ckpt_path)
     tcfg, checkpoint_digest = ckpt["config"], file_digest(ckpt_path)
+    if _is_cross(cfg, tcfg):
+        return cross_features(cfg, ckpt_path, ckpt, checkpoint_digest)
+    _, paths = _output_paths(cfg)
     data = DATASETS.create(tcfg["dataset"], **tcfg["dataset_args"])
     identity = {"checkpoint": checkpoint_digest, "data": data.fingerprint}
     if not cfg.force and _up_to_date(paths, identity, str(ckpt_path)):
@@ -195,11 +206,74 @@ def features(cfg: FeaturesConfig) -> Dict[str, Path]:
     opts = FeedOptions(device, ctx, cfg.workers, tcfg.get("channels_last", False), False, tcfg.get("transforms"),
                        tcfg.get("image_size"), tcfg["seed"])
     weight, scale = _trained_classifier(model, tcfg)
-    attrs = {**_data_attrs(data), "identity": json.dumps(identity), "checkpoint": str(ckpt_path),
-             "checkpoint_sha1": checkpoint_digest, "model": tcfg["backbone"], "classifier": tcfg["classifier"], "seed": tcfg["seed"], "epoch": int(ckpt["epoch"]),
-             "objective": tcfg.get("objective", "ce")}
+    attrs = {**_checkpoint_attrs(tcfg, ckpt_path, checkpoint_digest, ckpt), **_data_attrs(data),
+             "identity": json.dumps(identity)}
     _write_splits(model, data, opts, cfg, paths, attrs, weight, scale)
     return paths
+
+
+def _checkpoint_attrs(tcfg: Dict[str, Any], ckpt_path: Path, digest: str, ckpt) -> Dict[str, Any]:
+    """What a feature file of a lowshot checkpoint records: its data set (and the loader arguments that change the
+    images), the checkpoint, model, classifier, seed, epoch and objective."""
+    return {"dataset": tcfg["dataset"], "dataset_args": json.dumps(data_args(tcfg["dataset"], tcfg["dataset_args"])),
+            "checkpoint": str(ckpt_path), "checkpoint_sha1": digest, "model": tcfg["backbone"],
+            "classifier": tcfg["classifier"], "seed": tcfg["seed"], "epoch": int(ckpt["epoch"]),
+            "objective": tcfg.get("objective", "ce")}
+
+
+def _is_cross(cfg: FeaturesConfig, tcfg: Dict[str, Any]) -> bool:
+    """Whether `cfg` asks for another data set (or other images of it) than the checkpoint was trained on."""
+    return cfg.dataset is not None and (cfg.dataset, data_args(cfg.dataset, cfg.dataset_args)) != (
+        tcfg["dataset"], data_args(tcfg["dataset"], tcfg["dataset_args"]))
+
+
+def _cross_target(cfg: FeaturesConfig, tcfg: Dict[str, Any]) -> Tuple[Path, Dict[str, Any]]:
+    """The test file of cross-domain features and the attributes naming A and B; refuses to write over
+    the run's own features or over features of anything else."""
+    run = RunFolder(Path(cfg.run))
+    out = Path(cfg.out_dir) if cfg.out_dir else run.cross(data_tag(cfg.dataset, cfg.dataset_args)) / "features"
+    path = out / "test.hdf5"
+    attrs = {"dataset": cfg.dataset, "dataset_args": json.dumps(data_args(cfg.dataset, cfg.dataset_args)),
+             "source_dataset": tcfg["dataset"],
+             "source_dataset_args": json.dumps(data_args(tcfg["dataset"], tcfg["dataset_args"]))}
+    if out.resolve() == run.features.resolve():
+        raise InputError(out, "holds the features of the checkpoint's own data set; cross-domain features of "
+                              f"{cfg.dataset} go to their own folder (leave out_dir out: {path})")
+    if path.exists():
+        with h5py.File(path, "r") as f:
+            held = {k: f.attrs.get(k) for k in attrs}
+        if held != attrs:
+            raise InputError(path, f"holds features of {held['dataset']} ({held['dataset_args']}, trained on "
+                                   f"{held['source_dataset']}), not written over; choose another out_dir")
+    return path, attrs
+
+
+def cross_features(cfg: FeaturesConfig, ckpt_path: Path, ckpt, digest: str) -> Dict[str, Path]:
+    """Cross-domain features (Chen et al. 2019, §4.4): the test images of data set B (`cfg.dataset`) through a
+    representation trained on data set A (the checkpoint's), fed as A's images were (`lowshot.data.cross`).
+
+    Writes `<run>/cross/<B's data tag>/features/test.hdf5` (never the run's own features), recording A
+    (`source_dataset`, `source_dataset_args`) and B (`dataset`, `dataset_args`), and the cosine scale but not A's
+    classifier rows (their classes are not B's).
+    """
+    tcfg = ckpt["config"]
+    path, cross_attrs = _cross_target(cfg, tcfg)
+    target = DATASETS.create(cfg.dataset, **cfg.dataset_args)
+    identity = {"checkpoint": digest, "data": target.fingerprint, "cross": cross_attrs}
+    if not cfg.force and _up_to_date({"test": path}, identity, f"{ckpt_path} (cross-domain)"):
+        return {"test": path}
+    source = DATASETS.create(tcfg["dataset"], **tcfg["dataset_args"])
+    if hasattr(target, "verify"):
+        target.verify()
+    transforms, size, preset = cross_inputs(source, target, tcfg, ckpt_path)
+    ctx, device = distributed.setup(cfg.device)
+    model = _load_model(ckpt_path, ckpt, source, device)
+    opts = FeedOptions(device, ctx, cfg.workers, tcfg.get("channels_last", False), False, transforms, size,
+                       tcfg["seed"], preset)
+    attrs = {**_checkpoint_attrs(tcfg, ckpt_path, digest, ckpt), **cross_attrs, **_data_attrs(target),
+             "identity": json.dumps(identity)}
+    _write_splits(model, target, opts, cfg, {"test": path}, attrs, None, _trained_classifier(model, tcfg)[1])
+    return {"test": path}
 
 
 def external_features(cfg: FeaturesConfig) -> Dict[str, Path]:
@@ -212,9 +286,10 @@ def external_features(cfg: FeaturesConfig) -> Dict[str, Path]:
     check_source(cfg.backbone, cfg.weights, cfg.random_init)
     _, paths = _output_paths(cfg)
     weights = file_digest(cfg.weights) if cfg.weights else "random-init"
-    data = DATASETS.create(cfg.dataset, **cfg.dataset_args)
+    data = DATASETS.create(cfg.dataset or "glyphs", **cfg.dataset_args)
     identity = {"model": cfg.backbone, "weights_digest": weights, "preprocess": cfg.preprocess,
-                "seed": cfg.seed if cfg.random_init else None, "data": data.fingerprint}
+                "seed": cfg.seed if cfg.random_init else None, "data": data.fingerprint,
+                "images": data_args(data.name, cfg.dataset_args)}
     if not cfg.force and _up_to_date(paths, identity, f"{cfg.backbone} ({weights})"):
         return paths
     ctx, device = distributed.setup(cfg.device)
@@ -222,8 +297,8 @@ def external_features(cfg: FeaturesConfig) -> Dict[str, Path]:
     trunk = build_external(cfg.backbone, cfg.weights, cfg.random_init, cfg.preprocess, isinstance(data, ImageDataset))
     prep = trunk.preprocessing
     opts = FeedOptions(device, ctx, cfg.workers, False, False, seed=cfg.seed, preset=prep.preset())
-    attrs = {**_data_attrs(data), "identity": json.dumps(identity), "checkpoint": cfg.weights or "random-init",
-             "checkpoint_sha1": digest(identity),
+    attrs = {"dataset": data.name, **_data_attrs(data), "identity": json.dumps(identity),
+             "checkpoint": cfg.weights or "random-init", "checkpoint_sha1": digest(identity),
              "model": cfg.backbone, "weights_digest": weights, "preprocessing": json.dumps(dataclasses.asdict(prep)),
              "seed": cfg.seed}
     _write_splits(Model(trunk, nn.Identity()).to(device), data, opts, cfg, paths, attrs, None, None)

@@ -73,7 +73,11 @@ def plot(summ: pd.DataFrame, path: Path) -> None:
 
 
 def report(cfg: ReportConfig) -> str:
-    """Write CSVs (+ plot) under `out_dir` and return the markdown tables."""
+    """Write CSVs (+ plot) under `out_dir` and return the markdown tables (of episodes folders: the paired
+    per-episode tables of `lowshot.protocols.episode_report`)."""
+    from lowshot.protocols.episode_report import PER_EPISODE, report_episodes
+    if any((Path(d) / PER_EPISODE).is_dir() for d in cfg.results):
+        return report_episodes(cfg.results, cfg.out_dir)
     results = [r for d in cfg.results for r in _read_dir(d)]
     check_same_inputs(results)
     df = long_table(results)
