@@ -165,3 +165,14 @@ def test_small_images_are_read_at_their_own_size_through_a_small_stem(tmp_path, 
     assert stem_for(TrainConfig().stem, input_side(TrainConfig(), data)) == "small"
     assert stem_for("auto", 224) == "imagenet" and stem_for("cifar", 32) == "cifar"
     assert DATASETS.create("folder", root=str(tmp_path / "f"), transforms="hg").image_size is None
+
+
+def test_episode_results_do_not_depend_on_processes(feature_project):
+    def table(jobs):
+        out = invoke("episodes", "--run", "runs/synth", "--device", "cpu", "--set", f"jobs={jobs}",
+                     "--set", "episodes=30", "--set", "queries=4", "--set", "ways=[2,3]", "--set", "shots=[1,5]",
+                     "--set", 'heads=["protonet","bd_cspn"]', "--set", f"out_dir=ep{jobs}")
+        assert out.exit_code == 0, out.output
+        assert "lowshot episodes: 120 episodes × 2 heads" in out.output  # the work is announced first
+        return [line.split(",")[:7] for line in Path(f"ep{jobs}/episodes.csv").read_text().splitlines()]
+    assert table(2) == table(1)

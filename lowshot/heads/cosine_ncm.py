@@ -27,6 +27,7 @@ class CosineNCM(Head):
     """
 
     episodic = True
+    episode_ms = 0.012  # per 5-way 1-shot episode, batched, one thread (docs/speed.md)
 
     def __init__(self, centre: str = "base"):
         self.centre = centre

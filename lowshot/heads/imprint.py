@@ -45,6 +45,7 @@ class Imprint(Head):
     """
 
     episodic = True
+    episode_ms = 0.011  # per 5-way 1-shot episode, batched, one thread (docs/speed.md)
 
     def __init__(self):
         pass

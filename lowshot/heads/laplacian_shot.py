@@ -35,6 +35,8 @@ class LaplacianShot(TransductiveHead):
     At λ = 0 it is the nearest (rectified) prototype.
     """
 
+    episode_ms = 0.15  # per 5-way 1-shot episode, batched, one thread (docs/speed.md)
+
     name = "laplacian_shot"
     episode_bytes = 1 << 26  # the bound updates loop over the batch: share their steps by many episodes
 

@@ -19,6 +19,7 @@ class RawImprint(Head):
     """
 
     episodic = True
+    episode_ms = 0.012  # per 5-way 1-shot episode, batched, one thread (docs/speed.md)
 
     def __init__(self):
         pass

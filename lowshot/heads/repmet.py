@@ -44,6 +44,7 @@ class RepMet(Head):
     """
 
     episodic = True
+    episode_ms = 0.018  # per 5-way 1-shot episode, batched, one thread (docs/speed.md)
 
     def __init__(self, k: int = 5, sigma: float = 0.5, reduce: str = "sum", iters: int = 20):
         self.k = k

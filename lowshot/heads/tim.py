@@ -31,6 +31,8 @@ class TIM(TransductiveHead):
     and the steps are torch's Adam: the same path as autograd + `torch.optim.Adam`, batched.
     """
 
+    episode_ms = 23.0  # per 5-way 1-shot episode, batched, one thread (docs/speed.md)
+
     name = "tim"
     episode_bytes = 1 << 26  # every Adam step loops over the batch: share the steps by many episodes
 

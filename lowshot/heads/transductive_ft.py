@@ -26,6 +26,8 @@ class TransductiveFT(TransductiveHead):
     rate they move little (docs/heads.md measures how little). Returns the logits.
     """
 
+    episode_ms = 0.67  # per 5-way 1-shot episode, batched, one thread (docs/speed.md)
+
     name = "transductive_ft"
     episode_bytes = 1 << 26  # every Adam step loops over the batch: share the steps by many episodes
 

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,14 +64,27 @@ from lowshot.run import (
     test_features_path,
     trained_model,
 )
-from lowshot.runtime import pick_device
+from lowshot.runtime import available_cpus, pick_device, progress
 
 CHUNK_BYTES = 1 << 24  # features of the episodes a batched head scores together, unless it says otherwise
 
 
+QUICK_MS = 5.0  # the default heads cost at most this per 5-way 1-shot episode: about a minute for the defaults
+
+
 def default_heads() -> List[str]:
-    """Every registered head that can be fitted on an episode (class attribute `episodic = True`)."""
-    return [name for name in HEADS.names() if getattr(HEADS.get(name), "episodic", False)]
+    """The episodic heads (class attribute `episodic = True`) that cost at most QUICK_MS per episode on this CPU
+    (`episode_ms`): every one but TIM (23 ms), whose 2,400 default episodes would take minutes; name it to run it."""
+    return [name for name in HEADS.names() if getattr(HEADS.get(name), "episodic", False)
+            and (HEADS.get(name).episode_ms or 0) <= QUICK_MS]
+
+
+def announce(heads: List[str], episodes: int) -> None:
+    """Say on stderr, before any work, which heads run on how many episodes and about how long they take here."""
+    costs = {h: (HEADS.get(h).episode_ms or 0) * episodes / 1000 for h in heads}
+    words = ", ".join(f"{h} (~{s:.0f} s)" if s >= 1 else h for h, s in costs.items())
+    print(f"lowshot episodes: {episodes} episodes × {len(heads)} heads: {words}; about {sum(costs.values()):.0f} s "
+          "on a 2-core CPU at 5-way (20-way costs more)", file=sys.stderr)
 
 
 @dataclass
@@ -88,6 +103,7 @@ class EpisodesConfig:
     setup: int = 2
     seed: int = 0
     device: str = "auto"
+    jobs: Optional[int] = None  # processes scoring episode files; default: the CPUs the process may use over its threads
     out_dir: Optional[str] = None  # default: <run>/episodes
     query_dirichlet: float = 0.0  # 0: `queries` per class; a > 0: class proportions ~ Dirichlet(a)
     settings: List[str] = field(default_factory=list)  # standard[-2000|-10000], 5w1s15q-600, md-600; []: ways × shots
@@ -373,10 +389,44 @@ def episodes(cfg: EpisodesConfig) -> str:
     models = head_models(cfg, cfg.heads, inputs.test.dim, device, notes)
     task = Task(0, np.zeros(0, np.int64), np.zeros(0, np.int64), None, inputs.test.classifier_scale, seed=cfg.seed,
                 device=device, base_mean=base_mean)
-    records = []
-    for setting, ep in episode_files(cfg, inputs):
-        records += score_file(cfg, setting, ep, feats, task, models, notes, inputs)
+    files, records = episode_files(cfg, inputs), []
+    announce([h for h in cfg.heads if h not in notes], sum(len(ep) for _, ep in files))
+    global _SCORING
+    _SCORING = (cfg, feats, task, models, dict(notes), inputs)
+    try:
+        with progress(total=len(files), desc="episode settings", unit="setting") as bar:
+            for found, skipped in _map(_score_one, files, _jobs(cfg, device, len(files))):
+                records += found
+                notes.update(skipped)
+                bar.update()
+    finally:
+        _SCORING = None
     return _write(cfg, records, notes)
+
+
+_SCORING: Any = None  # what a forked process scoring one episode file inherits
+
+
+def _score_one(file: Tuple[Setting, Episodes]) -> Tuple[List[dict], Dict[str, str]]:
+    cfg, feats, task, models, notes, inputs = _SCORING
+    notes = dict(notes)
+    return score_file(cfg, *file, feats, task, models, notes, inputs), notes
+
+
+def _jobs(cfg: EpisodesConfig, device: torch.device, files: int) -> int:
+    """Processes scoring episode files: `cfg.jobs`, else on a CPU the CPUs the process may use over its threads."""
+    if cfg.jobs:
+        return max(1, min(cfg.jobs, files))
+    return 1 if device.type != "cpu" else max(1, min(available_cpus() // torch.get_num_threads(), files))
+
+
+def _map(fn, items: list, processes: int):
+    """`fn` over `items` in order, here or in forked processes (each file is scored by the same code either way)."""
+    if processes < 2:
+        yield from map(fn, items)
+        return
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        yield from pool.imap(fn, items)
 
 
 def _out_dir(cfg: EpisodesConfig) -> Path:

@@ -35,6 +35,7 @@ class PMNHallucinator(Head):
     """
 
     episodic = True
+    episode_ms = 4.4  # per 5-way 1-shot episode, batched, one thread (docs/speed.md)
     episode_bytes = 1 << 22  # its LSTM activations are 4d wide per query: a few dozen 5-way episodes at a time
     artefact = "pmn"
     build_model = staticmethod(from_saved)

@@ -36,6 +36,7 @@ class WeightGenerator(Head):
     """
 
     episodic = True
+    episode_ms = 0.03  # per 5-way 1-shot episode, batched, one thread (docs/speed.md)
     artefact = "weight_generator"
     build_model = staticmethod(from_saved)
 
