@@ -34,6 +34,7 @@ from lowshot.heads import HEADS, Task
 from lowshot.io.atomic import atomic_path
 from lowshot.io.features import FeatureSet, read_features
 from lowshot.io.splits import LabelSplits, load_label_splits
+from lowshot.metrics import episode_calibration
 from lowshot.run import (
     NO_DATASET,
     RunFolder,
@@ -136,23 +137,34 @@ def draw_queries(cfg: EpisodesConfig, labels: np.ndarray, classes: np.ndarray, w
 
 
 def episode_accuracies(name: str, params: Dict[str, Any], support: torch.Tensor, query: torch.Tensor,
-                       task: Task, truth: Optional[torch.Tensor] = None) -> torch.Tensor:
+                       task: Task, truth: Optional[torch.Tensor] = None,
+                       scores_out: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
     """Accuracy (E,) of one head on episodes: support (E, W, S, d) and query (E, W, Q, d), or query
-    (E, Q, d) with truth (E, Q), each query's way."""
+    (E, Q, d) with truth (E, Q), each query's way. A list `scores_out` receives the scores (E', Q, W) of
+    consecutive chunks of episodes, for `lowshot.metrics.episode_calibration`."""
     e, w, s, d = support.shape
     if truth is None:
         truth = torch.arange(w, device=query.device).repeat_interleave(query.shape[2])
         query = query.reshape(e, -1, d)
     head = HEADS.create(name, **params)
+    keep = scores_out.append if scores_out is not None else (lambda x: None)
     if hasattr(head, "episode_scores"):
-        predict = getattr(head, "episode_predictions", lambda *a: head.episode_scores(*a).max(-1).indices)
+        fast = getattr(head, "episode_predictions", None)
+        predict = fast or (lambda *a: _kept(head.episode_scores(*a), keep).max(-1).indices)
         step = max(1, getattr(head, "episode_bytes", CHUNK_BYTES) // (4 * d * (w * s + query.shape[1])))
         guess = torch.cat([predict(support[i:i + step], query[i:i + step], task) for i in range(0, e, step)])
+        for i in range(0, e, step) if fast and scores_out is not None else ():
+            keep(head.episode_scores(support[i:i + step], query[i:i + step], task))
     else:
         labels = torch.arange(w, device=support.device).repeat_interleave(s)
-        guess = torch.stack([HEADS.create(name, **params).fit(support[i].reshape(-1, d), labels, task)
-                             .scores(query[i]).argmax(-1) for i in range(e)])
+        guess = torch.stack([_kept(HEADS.create(name, **params).fit(support[i].reshape(-1, d), labels, task)
+                                   .scores(query[i]), lambda x: keep(x[None])).argmax(-1) for i in range(e)])
     return (guess == truth).float().mean(-1)
+
+
+def _kept(scores: torch.Tensor, keep) -> torch.Tensor:
+    keep(scores)
+    return scores
 
 
 def _load(cfg: EpisodesConfig):
@@ -219,9 +231,10 @@ def episodes(cfg: EpisodesConfig) -> str:
                 task = Task(w, np.zeros(0, np.int64), np.arange(w), None, test.classifier_scale, seed=cfg.seed,
                             device=device, base_mean=base_mean, model=models.get(name))
                 start = time.perf_counter()
+                scores: List[torch.Tensor] = []
                 try:
                     acc = episode_accuracies(name, cfg.head_params.get(name, {}), support, query, task,
-                                             truth.to(device))
+                                             truth.to(device), scores)
                 except InputError as err:
                     notes[name] = f"skipped: {err}"
                     continue
@@ -229,7 +242,8 @@ def episodes(cfg: EpisodesConfig) -> str:
                 rows.append({"head": name, "ways": w, "shots": s, "queries": cfg.queries, "episodes": n,
                              "mean_acc": mean, "ci95": half, "seconds": round(time.perf_counter() - start, 3),
                              "transductive": bool(getattr(HEADS.get(name), "transductive", False)),
-                             "query_dirichlet": cfg.query_dirichlet})
+                             "query_dirichlet": cfg.query_dirichlet, "sd": float(acc.std()) if n > 1 else float("nan"),
+                             **episode_calibration(torch.cat(scores), truth)})
     return _write(cfg, rows, notes, heads, ways, shots)
 
 
@@ -245,7 +259,8 @@ def _write(cfg: EpisodesConfig, rows: List[dict], notes: Dict[str, str], heads, 
     out = Path(cfg.out_dir) if cfg.out_dir else RunFolder(Path(cfg.run)).path("episodes")
     with atomic_path(out / "episodes.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["head", "ways", "shots", "queries", "episodes", "mean_acc", "ci95",
-                                               "seconds", "transductive", "query_dirichlet"])
+                                               "seconds", "transductive", "query_dirichlet", "sd", "ece", "nll",
+                                               "brier"])
         writer.writeheader()
         writer.writerows(rows)
     cell = {(r["head"], r["ways"], r["shots"]): f"{100 * r['mean_acc']:.2f} ± {100 * r['ci95']:.2f}" for r in rows}
