@@ -106,17 +106,34 @@ def run_stage(name: str, config, sets, adjust=None, **flags):
     change it, run the stage; returns what the stage returns."""
     from lowshot.config import resolve_config
     from lowshot.stages import BY_NAME
+    from lowshot.run import run_seeds
     stage = BY_NAME[name]
     cfg = resolve_config(stage.config_class(), config, _overrides(sets), **flags)
     if adjust:
         adjust(cfg)
-    return stage.function()(cfg)
+    seeds = click.get_current_context().meta.get("lowshot.seeds") if click.get_current_context(silent=True) else None
+    if seeds and flags.get("seed") is not None:
+        raise InputError(None, "give --seed or --seeds, not both")
+    return run_seeds(name, cfg, seeds) if seeds else stage.function()(cfg)
 
 
 def stage_command(name: str, **settings):
-    """Register the decorated function as `lowshot <name>`, with the stage table's help text."""
+    """Register the decorated function as `lowshot <name>`, with the stage table's help text; a command with
+    `--run` also takes `--seeds` (`run_stage` then runs the stage once per seed's run folder)."""
     from lowshot.stages import BY_NAME
-    return main.command(name, help=BY_NAME[name].help, **settings)
+
+    def register(f):
+        if any(p.name == "run" for p in getattr(f, "__click_params__", ())):
+            f = click.option("--seeds", callback=_seeds_option, expose_value=False, default=None, metavar="K,K,...",
+                             help="Training seeds: run once per seed, in <run>-seed<k> with --seed k.")(f)
+        return main.command(name, help=BY_NAME[name].help, **settings)(f)
+    return register
+
+
+def _seeds_option(ctx, param, value):
+    """`--seeds 0,1,2` -> kept in the context for `run_stage`."""
+    ctx.meta["lowshot.seeds"] = _int_list(ctx, param, value)
+    return ctx.meta["lowshot.seeds"]
 
 
 def with_root(root):
@@ -302,10 +319,12 @@ def predict(images, checkpoint, top_k, as_csv, device):
 @click.option("--out", "out_dir", default=None, help="Folder for CSVs and the plot [default: <results>/../report].")
 @click.option("--compare", nargs=2, default=None, metavar="A B", help="Paired differences of method A minus B.")
 @click.option("--no-plot", is_flag=True)
-def report(results, out_dir, compare, no_plot):
-    """RESULTS: result folders [default: runs/demo/results]."""
+@click.option("--seeds", default=None, callback=_int_list, metavar="K,K,...",
+              help="Each <run>/results stands for <run>-seed<k>/results of every seed k.")
+def report(results, out_dir, compare, no_plot, seeds):
+    """RESULTS: result folders [default: runs/demo/results]. Run folders <recipe>-seed<k> are averaged over seeds."""
     click.echo(run_stage("report", None, (), results=list(results) or None, out_dir=out_dir,
-                         compare=list(compare) if compare else None, plot=not no_plot))
+                         compare=list(compare) if compare else None, plot=not no_plot, seeds=seeds))
 
 
 main.add_command(report, "parse")
@@ -362,6 +381,7 @@ def fscil(run, more_runs, sessions, root, trials, methods, force, config, sets, 
 @click.option("--expid", default=None, callback=_int_list, help="Experiment ids of the array [default: 1-5].")
 @click.option("--array-by", default=None, help="One array task per experiment | experiment-head [default: experiment].")
 @click.option("--torchrun", type=int, default=None, help="Run train under torchrun with N processes.")
+@click.option("--seeds", default=None, callback=_int_list, help="Training seeds: every job an array over <run>-seed<k>.")
 @click.option("--args", "stage_args", multiple=True, metavar="STAGE=ARGS", help="More options of a stage's command.")
 @click.option("--partition", multiple=True, metavar="[STAGE=]VALUE", help="Per stage, or for all; also a JSON object.")
 @click.option("--account", multiple=True, metavar="[STAGE=]VALUE")
@@ -373,7 +393,7 @@ def fscil(run, more_runs, sessions, root, trials, methods, force, config, sets, 
 @click.option("--dry-run", is_flag=True, default=None, help="Print the scripts; write and submit nothing.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field.")
 @click.option("--config", type=click.Path(dir_okay=False), default=None, help="JSON config file.")
-def slurm(run, from_stage, stages, skip, heads, generator, expid, array_by, torchrun, stage_args, submit, dry_run, sets,
+def slurm(run, from_stage, stages, skip, heads, generator, expid, array_by, torchrun, seeds, stage_args, submit, dry_run, sets,
           config, **resources):
     """Write the pipeline as SLURM jobs chained by dependencies (into <run>/slurm/); --submit submits them.
 
@@ -386,7 +406,7 @@ def slurm(run, from_stage, stages, skip, heads, generator, expid, array_by, torc
     from lowshot.slurm import slurm as slurm_stage
     cfg = resolve_config(SlurmConfig, config, _overrides(sets), run=run_dir(run), from_stage=from_stage,
                          stages=stages and stages.split(","), skip=skip and skip.split(","), heads=heads,
-                         generator=generator, expids=expid, array_by=array_by, torchrun=torchrun,
+                         generator=generator, expids=expid, array_by=array_by, torchrun=torchrun, seeds=seeds,
                          args=per_stage(stage_args, "args") or None, submit=submit, dry_run=dry_run,
                          **{name: per_stage(values, name) or None for name, values in resources.items()})
     click.echo("\n".join(slurm_stage(cfg)))
