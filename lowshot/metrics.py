@@ -18,7 +18,7 @@ temperature chosen on setup 1.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -86,18 +86,18 @@ def cell_metrics(scores: torch.Tensor, labels: torch.Tensor, base_classes, novel
         "wang_all_top5": _mean(_topk_hits(_restrict(scores, both), labels, 5)[is_novel | is_base]),
         "wang_all_prior_top5": _mean(_topk_hits(_with_prior(scores, base, novel, prior), labels, 5)[is_novel | is_base]),
         **per_class_metrics(pred, labels, base, novel),
-        **probability_metrics(scores, labels, base, novel, temperatures),
+        **probability_metrics(scores, labels, base, novel, temperatures, pred),
     }
 
 
 def probability_metrics(scores: torch.Tensor, labels: torch.Tensor, base: torch.Tensor, novel: torch.Tensor,
-                        temperatures: bool = False) -> Dict[str, object]:
+                        temperatures: bool = False, pred: Optional[torch.Tensor] = None) -> Dict[str, object]:
     """Calibration, the prior sweep and (`temperatures`) the temperature curve over the test images of the
-    setup's classes (those behind all-class top-1)."""
+    setup's classes (those behind all-class top-1); `pred` (N,): the top-1 classes, if known."""
     keep = torch.isin(labels, torch.cat([base, novel]))
     if not keep.all():
-        scores, labels = scores[keep], labels[keep]
-    out: Dict[str, object] = {**calibration_metrics(scores, labels, base, novel),
+        scores, labels, pred = scores[keep], labels[keep], None if pred is None else pred[keep]
+    out: Dict[str, object] = {**calibration_metrics(scores, labels, base, novel, pred),
                               "all_top1_by_prior": prior_sweep(scores, labels, base, novel)}
     if temperatures:
         out["calibration_by_temperature"] = temperature_curve(scores, labels)
@@ -159,7 +159,7 @@ def probability_scores(scores: torch.Tensor, labels: torch.Tensor, pred: torch.T
 
 
 def calibration_metrics(scores: torch.Tensor, labels: torch.Tensor, base: torch.Tensor,
-                        novel: torch.Tensor) -> Dict[str, float]:
+                        novel: torch.Tensor, pred: Optional[torch.Tensor] = None) -> Dict[str, float]:
     """Calibration of softmax(scores) (N, C) over the label space, and of base and novel predictions apart.
 
     Returns:
@@ -167,7 +167,7 @@ def calibration_metrics(scores: torch.Tensor, labels: torch.Tensor, base: torch.
         a base / novel class; `overconf_pred_base` / `overconf_pred_novel`: mean top-1 probability minus
         accuracy over those images (> 0: over-confident).
     """
-    pred = scores.topk(1, dim=1).indices[:, 0]  # as the accuracies' top-1
+    pred = scores.argmax(1) if pred is None else pred  # the top-1 of the precision and the per-class tables
     out = probability_scores(scores, labels, pred)
     conf, correct = out.pop("conf"), pred == labels
     for side, classes in (("base", base), ("novel", novel)):
@@ -203,7 +203,7 @@ def temperature_curve(scores: torch.Tensor, labels: torch.Tensor, temperatures=T
     live = torch.isfinite(scores).any(0)
     keep = torch.cat([torch.nonzero(live)[:, 0], labels.unique()]).unique()
     s, y = scores[:, keep], torch.searchsorted(keep, labels)
-    pred = s.topk(1, dim=1).indices[:, 0]
+    pred = s.argmax(1)
     out = []
     for t in temperatures:
         m = probability_scores(s / t, y, pred)
@@ -216,6 +216,6 @@ def episode_calibration(scores: torch.Tensor, truth: torch.Tensor) -> Dict[str, 
     episode: scores (E, Q, W), truth (E, Q) each query's way (NLL and Brier are then the means over episodes)."""
     s = scores.reshape(-1, scores.shape[-1]).float().cpu()
     y = truth.reshape(-1).long().cpu()
-    out = probability_scores(s, y, s.topk(1, dim=1).indices[:, 0])
+    out = probability_scores(s, y, s.argmax(1))
     out.pop("conf")
     return out
