@@ -128,10 +128,12 @@ def seed_draw_ci(values: Sequence[float], seeds: Sequence, draws: Sequence, cros
     (shared by the seeds when `crossed` and the S × J table is complete) and residuals e_sj ~ (0, σ²_e).
     Mean squares MS_S = J Σ(m_s − ȳ)²/(S−1), MS_D = S Σ(m_j − ȳ)²/(J−1),
     MS_E = ΣΣ(y_sj − m_s − m_j + ȳ)²/((S−1)(J−1)):
-    crossed, Var(ȳ) = σ²_seed/S + σ²_d/J + σ²_e/(SJ) is estimated by (MS_S + MS_D − MS_E)/(SJ) (at least
-    MS_E/(SJ)), with Satterthwaite's degrees of freedom; nested (draws not shared, e.g. episodes drawn per
+    crossed, Var(ȳ) = σ²_seed/S + σ²_d/J + σ²_e/(SJ) is estimated by V = (MS_S + MS_D)/(SJ) =
+    sd(m_s)²/S + sd(m_j)²/J, which counts σ²_e/(SJ) twice (conservative; subtracting MS_E/(SJ) would be
+    unbiased but can leave V near 0 with Satterthwaite's degrees of freedom near 0), with Satterthwaite's
+    df = (MS_S + MS_D)² / (MS_S²/(S−1) + MS_D²/(J−1)); nested (draws not shared, e.g. episodes drawn per
     seed, or an incomplete table), Var(ȳ) = sd(m_s)²/S with S − 1 degrees of freedom. The interval is
-    ȳ ± t(0.975, df) · √Var(ȳ). σ_seed = √max(0, (MS_S − MS_E)/J) (crossed) or
+    ȳ ± t(0.975, df) · √V. σ_seed = √max(0, (MS_S − MS_E)/J) (crossed) or
     √max(0, sd(m_s)² − MS_W/J) (nested, MS_W the pooled within-seed variance). One seed: `mean_ci` over
     the draws; one draw per seed: `mean_ci` over the seeds.
     """
@@ -162,11 +164,8 @@ def _crossed(table: np.ndarray, level: float) -> SeedDrawCI:
     ms_s = J * ((m_s - grand) ** 2).sum() / (S - 1)
     ms_d = S * ((m_d - grand) ** 2).sum() / (J - 1)
     ms_e = ((table - m_s[:, None] - m_d[None] + grand) ** 2).sum() / ((S - 1) * (J - 1))
-    num = ms_s + ms_d - ms_e
-    if num > ms_e:
-        df = num ** 2 / (ms_s ** 2 / (S - 1) + ms_d ** 2 / (J - 1) + ms_e ** 2 / ((S - 1) * (J - 1)))
-    else:  # the components' sum is estimated below its floor σ²_e: keep the floor
-        num, df = ms_e, float((S - 1) * (J - 1))
+    num = ms_s + ms_d
+    df = num ** 2 / (ms_s ** 2 / (S - 1) + ms_d ** 2 / (J - 1)) if num > 0 else float(S + J - 2)
     half = t_quantile(0.5 + level / 2, df) * math.sqrt(num / (S * J)) if num > 0 else 0.0
     sd_seed = math.sqrt(max(0.0, (ms_s - ms_e) / J))
     sd_draw = math.sqrt(max(0.0, (ms_d - ms_e) / S) + ms_e)

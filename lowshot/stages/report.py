@@ -97,7 +97,8 @@ def report(cfg: ReportConfig) -> str:
     _metric_tables(summ, out)
     text = [hg_tables(summ)]
     if df["method"].nunique() > 1 or df["recipe"].nunique() > 1:
-        text.append("## Comparison across methods (mean ± 95 % interval over experiments, %)\n\n" + comparison_tables(summ))
+        text.append("## Comparison across methods (mean ± 95 % interval over experiments and training seeds, %)\n\n"
+                    + comparison_tables(summ))
     if cfg.compare:
         text.append(_compare(df, cfg.compare, out))
     text += seeds_report(df, summ, folders, out)
