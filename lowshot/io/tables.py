@@ -83,13 +83,14 @@ def hg_tables(summ: pd.DataFrame) -> str:
 
 def comparison_tables(summ: pd.DataFrame, metrics: Sequence[str] = ("top1_novel", "top5_novel", "top1_base",
                                                                     "top1_all", "novel_precision")) -> str:
-    """Markdown: one table per metric, rows = representation/method, columns = n."""
+    """Markdown: one table per metric, rows = representation/method (and setup, when there are several), columns = n."""
     parts = []
     for m in metrics:
         g = summ[summ["metric"] == m]
         if g.empty:
             continue
-        g = g.assign(row=g["representation"] + " / " + g["method"],
+        setup = [f" (setup {s})" for s in g["setup"]] if g["setup"].nunique() > 1 else ""
+        g = g.assign(row=g["representation"] + " / " + g["method"] + setup,
                      cell=[format_mean_ci(a, c) for a, c in zip(g["mean"], g["ci95"])])
         wide = g.pivot(index="row", columns="n", values="cell")
         wide.columns = [f"n={n}" for n in wide.columns]

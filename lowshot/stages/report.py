@@ -106,7 +106,8 @@ def report(cfg: ReportConfig) -> str:
     if cfg.plot:
         plot(summ, out / "accuracy_vs_n.png")
     text += bias_report(results, df, summ, out, cfg.plot)
-    text += per_class_report(results, out, cfg.plot)
+    names = {rep: (recipe, seed) for rep, recipe, seed in zip(df["representation"], df["recipe"], df["train_seed"])}
+    text += per_class_report(results, out, cfg.plot, names)
     with atomic_path(out / "report.md") as tmp:  # stdout less its last line (a local path)
         tmp.write_text("\n\n".join(text) + "\n")
     text.append(f"CSV tables and plots written to {out}/")
@@ -134,11 +135,12 @@ def _compare(df: pd.DataFrame, names: List[str], out: Path) -> str:
     write_csv(diff, out / "compare.csv")
     other = {"method": "representation", "recipe": "method", "representation": "method"}[by]
     parts = []
-    for rest, g in diff.groupby(other):
+    for (rest, setup), g in diff.groupby([other, "setup"]):
         seeds = int(g["seeds"].max())
         wide = g.assign(cell=[format_mean_ci(a, c) for a, c in zip(g["difference"], g["ci95"])]).pivot(
             index="n", columns="metric", values="cell")
-        parts.append(f"*{rest}* ({seeds} training seed{'s' if seeds > 1 else ''})\n\n{markdown_table(wide)}")
+        parts.append(f"*{rest}*, setup {setup} ({seeds} training seed{'s' if seeds > 1 else ''})\n\n"
+                     f"{markdown_table(wide)}")
     return f"## Paired difference {names[0]} − {names[1]} (points)\n\n" + "\n\n".join(parts)
 
 
