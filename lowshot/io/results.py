@@ -27,7 +27,9 @@ IDENTITY_KEYS = CELL_KEYS + ("inputs",)  # inputs: fingerprints of the feature, 
 CALIBRATION = ("ece", "nll", "brier", "ece_pred_base", "ece_pred_novel", "overconf_pred_base", "overconf_pred_novel")
 # chosen on setup 1 by the report and applied to the other setup: a temperature (calibration of softmax(s / T))
 # and a novel prior (all-class top-1 with novel classes given that mass)
-SETUP1_CHOICES = ("temperature_setup1", "ece_T", "nll_T", "brier_T", "prior_setup1", "top1_all_prior_setup1")
+# (`ece_T1`, `top1_all_no_prior`: the same cells' ECE and all-class top-1 without them, for a fair comparison)
+SETUP1_CHOICES = ("temperature_setup1", "ece_T1", "ece_T", "nll_T", "brier_T", "prior_setup1", "top1_all_no_prior",
+                  "top1_all_prior_setup1")
 METRICS = ACC_NAMES + ("novel_precision", "harmonic_mean_top1", "wang_novel_top5", "wang_all_top5",
                        "wang_all_prior_top5") + CALIBRATION + SETUP1_CHOICES
 NOT_PERCENT = ("nll", "brier", "nll_T", "brier_T", "temperature_setup1", "prior_setup1")  # the others: × 100

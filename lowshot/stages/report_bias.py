@@ -84,6 +84,9 @@ def add_setup1_choices(df: pd.DataFrame, results: Sequence[dict]) -> pd.DataFram
         part = part.drop(columns="head")
         df = df.drop(columns=[c for c in part.columns if c in df.columns and c not in CELL])
         df = df.merge(part, on=CELL, how="left")
+    for name, value, chosen in (("ece_T1", "ece", "temperature_setup1"), ("top1_all_no_prior", "top1_all", "prior_setup1")):
+        if value in df and chosen in df:
+            df[name] = df[value].where(df[chosen].notna())
     return df
 
 
@@ -109,10 +112,10 @@ def calibration_markdown(summ: pd.DataFrame) -> str:
                            ("ECE (%) of base predictions / of novel predictions", ("ece_pred_base", "ece_pred_novel")),
                            ("over-confidence (points, mean top-1 probability − accuracy) of base / novel predictions",
                             ("overconf_pred_base", "overconf_pred_novel")),
-                           ("temperature T chosen on setup 1 / ECE (%) / NLL / Brier at T", ("temperature_setup1", "ece_T",
-                                                                                             "nll_T", "brier_T")),
-                           ("all-class top-1 (%): no prior / with the novel prior π chosen on setup 1 (π)",
-                            ("top1_all", "top1_all_prior_setup1", "prior_setup1"))):
+                           ("ECE (%) at T = 1 / temperature T chosen on setup 1 / ECE (%) / NLL / Brier at T (the cells "
+                            "of the seeds run on setup 1)", ("ece_T1", "temperature_setup1", "ece_T", "nll_T", "brier_T")),
+                           ("all-class top-1 (%): no prior / with the novel prior π chosen on setup 1 (π) (the cells of "
+                            "the seeds run on setup 1)", ("top1_all_no_prior", "top1_all_prior_setup1", "prior_setup1"))):
         wide = _joined(summ, metrics)
         if wide is not None:
             parts.append(f"### {title}\n\n{markdown_table(wide)}")
