@@ -151,7 +151,7 @@ def test_seeds_run_every_stage_per_seed_folder_and_the_report_follows(feature_pr
     assert "shared by every seed" in error_line(invoke("benchmark", "--run", "runs/synth", "--seeds", "1",
                                                        "--set", "out_dir=x"))
     rep = invoke("report", "runs/synth/results", "--seeds", "1,2", "--compare", "cosine_ncm", "protonet", "--no-plot")
-    assert rep.exit_code == 0 and "synth / protonet (setup 2, 2 training seeds × 2 experiments per row)" in rep.output
+    assert rep.exit_code == 0 and "synth / protonet (setup 2, 2 training seeds × 2 experiments per row)" in rep.output, rep.output
     assert "## Training seeds" in rep.output and "(2 training seeds)" in rep.output
     per_seed = pd.read_csv("runs/synth-report/per_seed.csv")
     assert set(per_seed["representation"]) == {"synth-seed1", "synth-seed2"}
