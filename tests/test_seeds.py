@@ -150,11 +150,18 @@ def test_seeds_run_every_stage_per_seed_folder_and_the_report_follows(feature_pr
     assert "--seed or --seeds" in error_line(invoke("benchmark", "--run", "runs/synth", "--seeds", "1", "--seed", "1"))
     assert "shared by every seed" in error_line(invoke("benchmark", "--run", "runs/synth", "--seeds", "1",
                                                        "--set", "out_dir=x"))
+    episodes = invoke("episodes", "--run", "runs/synth", "--seeds", "1,2", "--set", "ways=[2]", "--set", "shots=[1]",
+                      "--set", "queries=4", "--set", "episodes=30", "--set", 'heads=["protonet"]')
+    assert episodes.exit_code == 0 and Path("runs/synth-seed2/episodes/episodes.csv").exists()
     rep = invoke("report", "runs/synth/results", "--seeds", "1,2", "--compare", "cosine_ncm", "protonet", "--no-plot")
     assert rep.exit_code == 0 and "synth / protonet (setup 2, 2 training seeds × 2 experiments per row)" in rep.output, rep.output
     assert "## Training seeds" in rep.output and "(2 training seeds)" in rep.output
     per_seed = pd.read_csv("runs/synth-report/per_seed.csv")
     assert set(per_seed["representation"]) == {"synth-seed1", "synth-seed2"}
+    across = pd.read_csv("runs/synth-report/episodes_seeds.csv").iloc[0]
+    one = [pd.read_csv(f"runs/synth-seed{s}/episodes/episodes.csv").iloc[0] for s in (1, 2)]
+    assert across["seeds"] == 2 and across["mean_acc"] == pytest.approx(100 * (one[0]["mean_acc"] + one[1]["mean_acc"]) / 2)
+    assert {"ece", "nll", "brier", "sd"} <= set(one[0].index) and 0 <= one[0]["ece"] <= 1
 
 
 def test_slurm_seeds_are_one_more_array_dimension():
@@ -166,3 +173,15 @@ def test_slurm_seeds_are_one_more_array_dimension():
     bench = jobs["benchmark"].text
     assert "#SBATCH --array=0-3\nHEADS=(logreg logreg logreg logreg)\nEXPIDS=(1 2 1 2)\nSEEDS=(0 0 5 5)" in bench
     assert "report runs/x/results --seeds 0,5" in jobs["report"].text
+
+
+@pytest.mark.parametrize("seeds, flag", [("", "--seed 0"), ("0,1,2", "--seeds 0,1,2")])
+def test_make_demo_follows_seeds_and_keeps_its_default(seeds, flag):
+    import subprocess
+    root = Path(__file__).parent.parent
+    out = subprocess.run(["make", "-n", "-C", str(root), "train", "features", "benchmark", "report", f"SEEDS={seeds}",
+                          "LOWSHOT=lowshot"], capture_output=True, text=True).stdout
+    assert f"lowshot train --config configs/demo_train.json --run runs/demo {flag}" in out
+    assert "lowshot benchmark --run runs/demo --heads logreg" in out and flag in out.split("lowshot benchmark")[1]
+    assert ("lowshot features --run runs/demo --seeds 0,1,2" in out) == bool(seeds)
+    assert ("lowshot report runs/demo/results --seeds 0,1,2" in out) == bool(seeds)
