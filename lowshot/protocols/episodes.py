@@ -153,8 +153,9 @@ def episode_accuracies(name: str, params: Dict[str, Any], support: torch.Tensor,
         predict = fast or (lambda *a: _kept(head.episode_scores(*a), keep).max(-1).indices)
         step = max(1, getattr(head, "episode_bytes", CHUNK_BYTES) // (4 * d * (w * s + query.shape[1])))
         guess = torch.cat([predict(support[i:i + step], query[i:i + step], task) for i in range(0, e, step)])
-        for i in range(0, e, step) if fast and scores_out is not None else ():
-            keep(head.episode_scores(support[i:i + step], query[i:i + step], task))
+        if fast and scores_out is not None:  # the cheaper arg-max keeps no scores: compute them for calibration
+            for i in range(0, e, step):
+                keep(head.episode_scores(support[i:i + step], query[i:i + step], task))
     else:
         labels = torch.arange(w, device=support.device).repeat_interleave(s)
         guess = torch.stack([_kept(HEADS.create(name, **params).fit(support[i].reshape(-1, d), labels, task)
