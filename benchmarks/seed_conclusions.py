@@ -28,14 +28,12 @@ def verdict(mean: float, ci: float) -> str:
 def pair_rows(df: pd.DataFrame, a: str, b: str, by: str, metrics: List[str]) -> List[dict]:
     """One row per (metric, n): each seed's paired difference and the all-seeds one."""
     pooled = paired_difference(df, a, b, by=by, metrics=metrics)
-    rows = []
+    other = "method" if by == "recipe" else "representation"  # what A and B share: the method, or the recipe
     for seed in sorted(df["train_seed"].dropna().unique()):
         one = paired_difference(df[df["train_seed"] == seed], a, b, by=by, metrics=metrics)
-        pooled = pooled.merge(one[["setup", "n", "metric", "difference", "ci95"]].rename(
-            columns={"difference": f"seed{int(seed)}", "ci95": f"seed{int(seed)}_ci95"}), on=["setup", "n", "metric"])
-    for r in pooled.to_dict("records"):
-        rows.append({"pair": f"{a} − {b}", **r})
-    return rows
+        pooled = pooled.merge(one[[other, "setup", "n", "metric", "difference", "ci95"]].rename(
+            columns={"difference": f"seed{int(seed)}", "ci95": f"seed{int(seed)}_ci95"}), on=[other, "setup", "n", "metric"])
+    return [{"pair": f"{a} − {b}" + (f", {r[other]}" if by == "recipe" else ""), **r} for r in pooled.to_dict("records")]
 
 
 def table(rows: pd.DataFrame) -> str:
