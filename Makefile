@@ -11,6 +11,10 @@ TRAIN_CONFIG ?= configs/demo_train.json
 HEADS  ?= logreg,imprint,imprint_ft,rand_ft,protonet,cosine_ncm,matching,repmet,magnet,raw_imprint,bd_cspn
 SLOW_HEADS ?= laplacian_shot,pt_map,transductive_ft
 SEED   ?= 0
+# SEEDS=0,1,2: train and evaluate one representation per training seed, in $(RUN)-seed<k>, and report over the seeds
+SEEDS  ?=
+SEED_ARGS = $(if $(SEEDS),--seeds $(SEEDS),--seed $(SEED))
+MATCH_LOG = $(if $(SEEDS),$(RUN)-train-matching.log,$(RUN)/train-matching.log)
 # torch/torchvision known to work together on this machine (setup.cfg holds lower bounds only)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
@@ -29,51 +33,51 @@ data: install
 	$(LOWSHOT) data --dataset glyphs --seed $(SEED)
 
 train: data
-	$(LOWSHOT) train --config $(TRAIN_CONFIG) --run $(RUN) --seed $(SEED)
+	$(LOWSHOT) train --config $(TRAIN_CONFIG) --run $(RUN) $(SEED_ARGS)
 
 features: install
-	$(LOWSHOT) features --run $(RUN)
+	$(LOWSHOT) features --run $(RUN) $(if $(SEEDS),--seeds $(SEEDS))
 
 generate: install
-	$(LOWSHOT) generate --run $(RUN) --seed $(SEED)
+	$(LOWSHOT) generate --run $(RUN) $(SEED_ARGS)
 
 train-matching: install
-	$(LOWSHOT) train-matching --run $(RUN) --seed $(SEED)
+	$(LOWSHOT) train-matching --run $(RUN) $(SEED_ARGS)
 
 train-weight-generator: install
-	$(LOWSHOT) train-weight-generator --run $(RUN) --seed $(SEED)
+	$(LOWSHOT) train-weight-generator --run $(RUN) $(SEED_ARGS)
 
 train-pmn: install
-	$(LOWSHOT) train-pmn --run $(RUN) --seed $(SEED)
+	$(LOWSHOT) train-pmn --run $(RUN) $(SEED_ARGS)
 
 # Gidaris & Komodakis' few-shot weight generator: its stage-2 training on the base features, then its 25 cells
 # (not part of `make demo`, which it would lengthen by minutes)
 weight-generator: train-weight-generator
-	$(LOWSHOT) benchmark --run $(RUN) --heads weight_generator --seed $(SEED)
+	$(LOWSHOT) benchmark --run $(RUN) --heads weight_generator $(SEED_ARGS)
 
 # Wang et al.'s prototype matching networks + hallucinator, meta-learned together on the base features, then their 25
 # cells and logistic regression on the learned hallucinator's rows (not part of `make demo`: training takes minutes)
 pmn: train-pmn
-	$(LOWSHOT) benchmark --run $(RUN) --heads pmn_hallucinator --seed $(SEED)
-	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator pmn --max-per-label 5 --seed $(SEED)
-	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator pmn --max-per-label 20 --seed $(SEED)
+	$(LOWSHOT) benchmark --run $(RUN) --heads pmn_hallucinator $(SEED_ARGS)
+	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator pmn --max-per-label 5 $(SEED_ARGS)
+	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator pmn --max-per-label 20 $(SEED_ARGS)
 
 benchmark: install
-	$(LOWSHOT) benchmark --run $(RUN) --heads $(HEADS) --seed $(SEED)
+	$(LOWSHOT) benchmark --run $(RUN) --heads $(HEADS) $(SEED_ARGS)
 
 benchmark-slow: install
-	$(LOWSHOT) benchmark --run $(RUN) --heads $(SLOW_HEADS) --seed $(SEED)
+	$(LOWSHOT) benchmark --run $(RUN) --heads $(SLOW_HEADS) $(SEED_ARGS)
 
 # logistic regression on hallucinated + real shots, topped up to 5 and to 20 per class
 benchmark-gen: install
-	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator analogies --max-per-label 5 --seed $(SEED)
-	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator analogies --max-per-label 20 --seed $(SEED)
+	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator analogies --max-per-label 5 $(SEED_ARGS)
+	$(LOWSHOT) benchmark --run $(RUN) --heads logreg --generator analogies --max-per-label 20 $(SEED_ARGS)
 
 # the standard settings (5-way 1- and 5-shot, 15 queries per class, 600 episodes) from the fixed episode files of
 # experiment_cfgs/glyphs/episodes/ (drawn and written on first use, then shared by every run)
 EPISODE_SETTINGS ?= standard
 episodes: install
-	$(LOWSHOT) episodes --run $(RUN) --seed $(SEED) --settings $(EPISODE_SETTINGS)
+	$(LOWSHOT) episodes --run $(RUN) $(SEED_ARGS) --settings $(EPISODE_SETTINGS)
 
 # cross-domain (Chen et al.'s miniImageNet -> CUB, on glyphs): $(RUN)'s representation on the test classes of the
 # outline glyphs (another lettering style), beside its own test classes; one paired table per episode file
@@ -81,24 +85,24 @@ XDOMAIN_ARGS ?= {"variant": "outline"}
 XDOMAIN_TAG ?= glyphs-variant-outline
 episodes-cross: install
 	$(LOWSHOT) features --run $(RUN) --dataset glyphs --set 'dataset_args=$(XDOMAIN_ARGS)'
-	$(LOWSHOT) episodes --run $(RUN) --seed $(SEED) --settings $(EPISODE_SETTINGS)
-	$(LOWSHOT) episodes --run $(RUN) --seed $(SEED) --settings $(EPISODE_SETTINGS) --dataset glyphs --set 'dataset_args=$(XDOMAIN_ARGS)'
+	$(LOWSHOT) episodes --run $(RUN) $(SEED_ARGS) --settings $(EPISODE_SETTINGS)
+	$(LOWSHOT) episodes --run $(RUN) $(SEED_ARGS) --settings $(EPISODE_SETTINGS) --dataset glyphs --set 'dataset_args=$(XDOMAIN_ARGS)'
 	$(LOWSHOT) report $(RUN)/episodes $(RUN)/cross/$(XDOMAIN_TAG)/episodes --out $(RUN)/episodes-cross-report
 
 gfsl: install
-	$(LOWSHOT) gfsl --run $(RUN) --seed $(SEED)
+	$(LOWSHOT) gfsl --run $(RUN) $(SEED_ARGS)
 
 report: install
-	$(LOWSHOT) report $(RUN)/results
+	$(LOWSHOT) report $(RUN)/results $(if $(SEEDS),--seeds $(SEEDS))
 
 # train-matching uses one core (its LSTM steps are sequential): generation and the cells of every other
 # head run beside it, then the matching cells and the report
 comma := ,
 demo: train features
-	@echo "train-matching runs in the background; its log: $(RUN)/train-matching.log"
-	@$(MAKE) --no-print-directory train-matching > $(RUN)/train-matching.log 2>&1 & bg=$$!; \
+	@echo "train-matching runs in the background; its log: $(MATCH_LOG)"
+	@$(MAKE) --no-print-directory train-matching > $(MATCH_LOG) 2>&1 & bg=$$!; \
 	$(MAKE) --no-print-directory generate benchmark-gen benchmark HEADS=$(subst $(comma)matching$(comma),$(comma),$(HEADS)); \
-	ok=$$?; wait $$bg; matched=$$?; cat $(RUN)/train-matching.log; [ $$ok = 0 ] && [ $$matched = 0 ]
+	ok=$$?; wait $$bg; matched=$$?; cat $(MATCH_LOG); [ $$ok = 0 ] && [ $$matched = 0 ]
 	$(MAKE) --no-print-directory benchmark report
 
 test: install

@@ -117,18 +117,35 @@ def run_stage(name: str, config, sets, adjust=None, **flags):
     from lowshot.config import resolve_config
     from lowshot.runtime import set_threads
     from lowshot.stages import BY_NAME
+    from lowshot.run import run_seeds
     stage = BY_NAME[name]
     cfg = resolve_config(stage.config_class(), config, _overrides(sets), **flags)
     if adjust:
         adjust(cfg)
     set_threads(int(os.environ.get("LOWSHOT_THREADS", 0)) or None, stage.small_ops)
-    return stage.function()(cfg)
+    seeds = click.get_current_context().meta.get("lowshot.seeds") if click.get_current_context(silent=True) else None
+    if seeds and flags.get("seed") is not None:
+        raise InputError(None, "give --seed or --seeds, not both")
+    return run_seeds(name, cfg, seeds) if seeds else stage.function()(cfg)
 
 
 def stage_command(name: str, **settings):
-    """Register the decorated function as `lowshot <name>`, with the stage table's help text."""
+    """Register the decorated function as `lowshot <name>`, with the stage table's help text; a command with
+    `--run` also takes `--seeds` (`run_stage` then runs the stage once per seed's run folder)."""
     from lowshot.stages import BY_NAME
-    return main.command(name, help=BY_NAME[name].help, **settings)
+
+    def register(f):
+        if any(p.name == "run" for p in getattr(f, "__click_params__", ())):
+            f = click.option("--seeds", callback=_seeds_option, expose_value=False, default=None, metavar="K,K,...",
+                             help="Training seeds: run once per seed, in <run>-seed<k> with --seed k.")(f)
+        return main.command(name, help=BY_NAME[name].help, **settings)(f)
+    return register
+
+
+def _seeds_option(ctx, param, value):
+    """`--seeds 0,1,2` -> kept in the context for `run_stage`."""
+    ctx.meta["lowshot.seeds"] = _int_list(ctx, param, value)
+    return ctx.meta["lowshot.seeds"]
 
 
 def with_root(root):
@@ -344,10 +361,13 @@ def predict(images, checkpoint, top_k, as_csv, device):
 @click.option("--out", "out_dir", default=None, help="Folder for CSVs and the plot [default: <results>/../report].")
 @click.option("--compare", nargs=2, default=None, metavar="A B", help="Paired differences of method A minus B.")
 @click.option("--no-plot", is_flag=True)
-def report(results, out_dir, compare, no_plot):
-    """RESULTS: result folders, or episodes folders (paired per-episode tables) [default: runs/demo/results]."""
+@click.option("--seeds", default=None, callback=_int_list, metavar="K,K,...",
+              help="Each <run>/results stands for <run>-seed<k>/results of every seed k.")
+def report(results, out_dir, compare, no_plot, seeds):
+    """RESULTS: result folders, or episodes folders (paired per-episode tables) [default: runs/demo/results].
+    Run folders <recipe>-seed<k> are averaged over seeds."""
     click.echo(run_stage("report", None, (), results=list(results) or None, out_dir=out_dir,
-                         compare=list(compare) if compare else None, plot=not no_plot))
+                         compare=list(compare) if compare else None, plot=not no_plot, seeds=seeds))
 
 
 main.add_command(report, "parse")
@@ -407,6 +427,7 @@ def fscil(run, more_runs, sessions, root, trials, methods, force, config, sets, 
 @click.option("--nodes", type=int, default=None, help="Nodes of the train job (torchrun on each; --torchrun per node).")
 @click.option("--setup-line", "setup", multiple=True, metavar="LINE",
               help="A shell line run before each job's command, e.g. 'module load cuda' (repeatable).")
+@click.option("--seeds", default=None, callback=_int_list, help="Training seeds: every job an array over <run>-seed<k>.")
 @click.option("--args", "stage_args", multiple=True, metavar="STAGE=ARGS", help="More options of a stage's command.")
 @click.option("--partition", multiple=True, metavar="[STAGE=]VALUE", help="Per stage, or for all; also a JSON object.")
 @click.option("--account", multiple=True, metavar="[STAGE=]VALUE")
@@ -419,8 +440,8 @@ def fscil(run, more_runs, sessions, root, trials, methods, force, config, sets, 
 @click.option("--dry-run", is_flag=True, default=None, help="Print the scripts; write and submit nothing.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field.")
 @click.option("--config", type=click.Path(dir_okay=False), default=None, help="JSON config file.")
-def slurm(run, from_stage, stages, skip, heads, generator, expid, array_by, torchrun, nodes, setup, stage_args, submit,
-          dry_run, sets, config, **resources):
+def slurm(run, from_stage, stages, skip, heads, generator, expid, array_by, torchrun, nodes, setup, seeds, stage_args,
+          submit, dry_run, sets, config, **resources):
     """Write the pipeline as SLURM jobs chained by dependencies (into <run>/slurm/); --submit submits them.
 
     train -> features -> the stages of the heads' trained models -> benchmark (job array) -> report.
@@ -433,7 +454,7 @@ def slurm(run, from_stage, stages, skip, heads, generator, expid, array_by, torc
     cfg = resolve_config(SlurmConfig, config, _overrides(sets), run=run_dir(run), from_stage=from_stage,
                          stages=stages and stages.split(","), skip=skip and skip.split(","), heads=heads,
                          generator=generator, expids=expid, array_by=array_by, torchrun=torchrun, nodes=nodes,
-                         setup=list(setup) or None,
+                         setup=list(setup) or None, seeds=seeds,
                          args=per_stage(stage_args, "args") or None, submit=submit, dry_run=dry_run,
                          **{name: per_stage(values, name) or None for name, values in resources.items()})
     click.echo("\n".join(slurm_stage(cfg)))

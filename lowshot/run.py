@@ -13,6 +13,7 @@
       cross/<data tag>/features/test.hdf5   features of another data set B (`lowshot features --dataset B`)
       cross/<data tag>/episodes/      episodes on B's test classes (`lowshot episodes --dataset B`)
       report/                         report
+    runs/<name>-seed<k>/              seed k of a recipe trained with several seeds (`--seeds`): one run folder each
     label_splits/<dataset>.json       which classes are base and novel (H&G label_idx.json)
     experiment_cfgs/<dataset>/        splitfile_{1..5}.json: the shots of each experiment
       episodes/*.npz                  fixed episode files, shared by every run of the data set
@@ -23,10 +24,12 @@ the checks that the files belong together and the error messages exist once.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -94,6 +97,37 @@ class RunFolder:
 def run_dir(name_or_path: str) -> str:
     """A bare run name means `runs/<name>`; anything with a slash is a path."""
     return name_or_path if os.sep in name_or_path else os.path.join("runs", name_or_path)
+
+
+def seed_run(run: str, seed: int | str) -> str:
+    """The run folder of training seed `seed` of the recipe `run` (`--seeds`): a sibling, `<run>-seed<k>`."""
+    return f"{os.path.normpath(run)}-seed{seed}"
+
+
+def split_seed_run(name: str) -> Tuple[str, Optional[int]]:
+    """A run folder's name as (recipe, training seed): `demo-seed2` -> ("demo", 2); `demo` -> ("demo", None)."""
+    m = re.fullmatch(r"(.+)-seed(\d+)", name)
+    return (m.group(1), int(m.group(2))) if m else (name, None)
+
+
+# config fields that name one run folder's own files: with several seeds they would be shared, so must stay unset
+PER_RUN_PATHS = ("out_dir", "out", "checkpoint", "features_dir", "test_features", "generator_file", "models")
+
+
+def run_seeds(name: str, cfg: Any, seeds: List[int]) -> Any:
+    """Run stage `name` once per training seed k, on `<run>-seed<k>` with seed k (`lowshot.run.seed_run`).
+
+    Returns the stage's outputs joined: lists concatenated, anything else one line per seed.
+    """
+    from lowshot.stages import run
+    defaults = type(cfg)()
+    for f in PER_RUN_PATHS:
+        if hasattr(cfg, f) and getattr(cfg, f) != getattr(defaults, f):
+            raise InputError(None, f"--seeds: {f} would be shared by every seed's run folder; leave it unset")
+    outputs = [run(name, dataclasses.replace(cfg, run=seed_run(cfg.run, k), seed=k)) for k in seeds]
+    if all(isinstance(o, list) for o in outputs):
+        return [x for o in outputs for x in o]
+    return "\n".join(str(o) for o in outputs)
 
 
 def splits_path(dataset: Optional[str], explicit: Optional[str] = None) -> Path:

@@ -12,6 +12,10 @@ and is cancelled when one fails; `report` waits with `afterany`, so it also runs
 was cancelled or failed and lists the missing cells. Every stage skips finished work, so
 resubmitting the same pipeline after a failure or a `scancel` computes only what is missing.
 
+With `seeds` (`--seeds 0,1,2`), training seeds are one more array dimension: every job but the report is
+an array over the seeds' run folders `<run>-seed<k>` (`lowshot.run.seed_run`), run with `--seed k` (the
+benchmark's array covers seeds × experiments), and the report averages over the seeds.
+
 Scripts and their logs go to `<run>/slurm/` (scripts written atomically).
 """
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from lowshot.errors import InputError
 from lowshot.io.atomic import atomic_path
-from lowshot.run import RunFolder, test_features_path
+from lowshot.run import RunFolder, seed_run, test_features_path
 from lowshot.stages import BY_NAME, STAGES, Stage, makers
 
 JOBS = tuple(s.name for s in STAGES if s.job)
@@ -64,6 +68,7 @@ class SlurmConfig:
     torchrun: int = 0  # > 0: run `train` under torchrun with this many processes per node
     nodes: int = 1  # > 1: the train job spans this many nodes (torchrun on each, rendezvous on the first)
     setup: List[str] = field(default_factory=list)  # shell lines run before every job's command (module load ...)
+    seeds: List[int] = field(default_factory=list)  # training seeds: each job an array over <run>-seed<k>
     args: Dict[str, str] = field(default_factory=dict)  # stage -> more options of its `lowshot` command, verbatim
     partition: Dict[str, str] = field(default_factory=dict)
     account: Dict[str, str] = field(default_factory=dict)
@@ -171,8 +176,12 @@ def planned_stages(cfg: SlurmConfig) -> List[str]:
 
 
 def check_inputs(cfg: SlurmConfig, stages: Sequence[str]) -> None:
-    """Every input of a planned stage exists, or a planned stage makes it."""
-    run = RunFolder(Path(cfg.workdir or ".") / cfg.run)
+    """Every input of a planned stage exists, or a planned stage makes it (in every seed's run folder)."""
+    for run in [seed_run(cfg.run, k) for k in cfg.seeds] or [cfg.run]:
+        _check_run_inputs(cfg, RunFolder(Path(cfg.workdir or ".") / run), stages)
+
+
+def _check_run_inputs(cfg: SlurmConfig, run: RunFolder, stages: Sequence[str]) -> None:
     for name in stages:
         for artefact in reads(cfg, BY_NAME[name]):
             path = test_features_path(run.features) if artefact == "test_features" else run.path(artefact)
@@ -185,6 +194,9 @@ def check_inputs(cfg: SlurmConfig, stages: Sequence[str]) -> None:
 def command(cfg: SlurmConfig, stage: str) -> str:
     """The shell command of one stage's job (the benchmark's reads its task's heads and experiment)."""
     py, run = shlex.quote(cfg.python), shlex.quote(cfg.run)
+    seed = '"${SEEDS[$SLURM_ARRAY_TASK_ID]}"'
+    if cfg.seeds and stage != "report":
+        run = shlex.quote(seed_run(cfg.run, "")) + seed  # `<run>-seed`, then the task's seed
     if stage == "train" and (cfg.torchrun or cfg.nodes > 1):
         line = f"{torchrun(cfg)} -m lowshot -- train --run {run}"
     elif stage == "benchmark":
@@ -192,8 +204,11 @@ def command(cfg: SlurmConfig, stage: str) -> str:
                 f'--expid "${{EXPIDS[$SLURM_ARRAY_TASK_ID]}}"' + (f" --generator {cfg.generator}" if cfg.generator else ""))
     elif stage == "report":
         line = f"{py} -m lowshot report {shlex.quote(str(RunFolder(Path(cfg.run)).path('results')))}"
+        line += f" --seeds {','.join(map(str, cfg.seeds))}" if cfg.seeds else ""
     else:
         line = f"{py} -m lowshot {stage} --run {run}"
+    if cfg.seeds and stage != "report":
+        line += f" --seed {seed}"
     return f"{line} {cfg.args.get(stage, '')}".rstrip()
 
 
@@ -214,10 +229,25 @@ def array_cells(cfg: SlurmConfig) -> List[Tuple[str, int]]:
     return [(h, e) for h in cfg.heads for e in cfg.expids]
 
 
+def array_lines(cfg: SlurmConfig, stage: str) -> List[str]:
+    """The array directive and the bash arrays a task reads its cell from: the benchmark's (heads, experiment)
+    cells, times the seeds when there are several; every other job but the report, the seeds."""
+    if stage == "benchmark":
+        cells = array_cells(cfg)
+        seeds = [k for k in cfg.seeds for _ in cells]
+        cells = cells * len(cfg.seeds) if cfg.seeds else cells
+        return [f"#SBATCH --array=0-{len(cells) - 1}", "HEADS=(" + " ".join(shlex.quote(h) for h, _ in cells) + ")",
+                "EXPIDS=(" + " ".join(str(e) for _, e in cells) + ")"] + (
+                ["SEEDS=(" + " ".join(map(str, seeds)) + ")"] if seeds else [])
+    if cfg.seeds and stage != "report":
+        return [f"#SBATCH --array=0-{len(cfg.seeds) - 1}", "SEEDS=(" + " ".join(map(str, cfg.seeds)) + ")"]
+    return []
+
+
 def script(cfg: SlurmConfig, stage: str, log_dir: Path) -> str:
     """The sbatch script of one stage: directives, then `exec` of the stage's command."""
-    is_array = stage == "benchmark"
-    log = log_dir / (f"{stage}-%A_%a.out" if is_array else f"{stage}-%j.out")
+    arrays = array_lines(cfg, stage)
+    log = log_dir / (f"{stage}-%A_%a.out" if arrays else f"{stage}-%j.out")
     lines = ["#!/bin/bash", f"#SBATCH --job-name={cfg.job_name}-{stage}",
              f"#SBATCH --chdir={os.path.abspath(cfg.workdir or '.')}", f"#SBATCH --output={log}"]
     for name, (flag, _, _) in RESOURCES.items():
@@ -226,13 +256,7 @@ def script(cfg: SlurmConfig, stage: str, log_dir: Path) -> str:
             lines.append("#SBATCH " + flag.format(value))
     if stage == "train" and cfg.nodes > 1:
         lines += [f"#SBATCH --nodes={cfg.nodes}", "#SBATCH --ntasks-per-node=1"]
-    if is_array:
-        cells = array_cells(cfg)
-        lines += [f"#SBATCH --array=0-{len(cells) - 1}",
-                  "HEADS=(" + " ".join(shlex.quote(h) for h, _ in cells) + ")",
-                  "EXPIDS=(" + " ".join(str(e) for _, e in cells) + ")"]
-    return "\n".join(lines + ["set -euo pipefail"] + cfg.setup + ["exec " + command(cfg, stage), ""])
-
+    return "\n".join(lines + arrays + ["set -euo pipefail"] + cfg.setup + ["exec " + command(cfg, stage), ""])
 
 def resource(cfg: SlurmConfig, name: str, stage: str) -> Optional[str]:
     """A stage's value of a resource: its own, else the one for all stages — for GPUs only on stages that use one

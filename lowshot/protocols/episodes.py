@@ -53,6 +53,7 @@ from lowshot.io.splits import LabelSplits
 from lowshot.protocols import episode_report
 from lowshot.protocols.episode_files import Episodes, Setting, check_rows, episode_file, labels_digest, parse_settings
 from lowshot.protocols.metadataset import draw_metadataset
+from lowshot.metrics import episode_calibration
 from lowshot.run import (
     RunFolder,
     check_compatible,
@@ -178,23 +179,35 @@ def draw_queries(cfg: EpisodesConfig, labels: np.ndarray, classes: np.ndarray, w
 
 
 def episode_accuracies(name: str, params: Dict[str, Any], support: torch.Tensor, query: torch.Tensor,
-                       task: Task, truth: Optional[torch.Tensor] = None) -> torch.Tensor:
+                       task: Task, truth: Optional[torch.Tensor] = None,
+                       scores_out: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
     """Accuracy (E,) of one head on episodes: support (E, W, S, d) and query (E, W, Q, d), or query
-    (E, Q, d) with truth (E, Q), each query's way."""
+    (E, Q, d) with truth (E, Q), each query's way. A list `scores_out` receives the scores (E', Q, W) of
+    consecutive chunks of episodes, for `lowshot.metrics.episode_calibration`."""
     e, w, s, d = support.shape
     if truth is None:
         truth = torch.arange(w, device=query.device).repeat_interleave(query.shape[2])
         query = query.reshape(e, -1, d)
     head = HEADS.create(name, **params)
+    keep = scores_out.append if scores_out is not None else (lambda x: None)
     if hasattr(head, "episode_scores"):
-        predict = getattr(head, "episode_predictions", lambda *a: head.episode_scores(*a).max(-1).indices)
+        fast = getattr(head, "episode_predictions", None)
+        predict = fast or (lambda *a: _kept(head.episode_scores(*a), keep).max(-1).indices)
         step = max(1, getattr(head, "episode_bytes", CHUNK_BYTES) // (4 * d * (w * s + query.shape[1])))
         guess = torch.cat([predict(support[i:i + step], query[i:i + step], task) for i in range(0, e, step)])
+        if fast and scores_out is not None:  # the cheaper arg-max keeps no scores: compute them for calibration
+            for i in range(0, e, step):
+                keep(head.episode_scores(support[i:i + step], query[i:i + step], task))
     else:
         labels = torch.arange(w, device=support.device).repeat_interleave(s)
-        guess = torch.stack([HEADS.create(name, **params).fit(support[i].reshape(-1, d), labels, task)
-                             .scores(query[i]).argmax(-1) for i in range(e)])
+        guess = torch.stack([_kept(HEADS.create(name, **params).fit(support[i].reshape(-1, d), labels, task)
+                                   .scores(query[i]), lambda x: keep(x[None])).argmax(-1) for i in range(e)])
     return (guess == truth).float().mean(-1)
+
+
+def _kept(scores: torch.Tensor, keep) -> torch.Tensor:
+    keep(scores)
+    return scores
 
 
 @dataclass
@@ -362,14 +375,16 @@ def score_file(cfg: EpisodesConfig, setting: Setting, ep: Episodes, feats: torch
         params, start = cfg.head_params.get(name, {}), time.perf_counter()
         t = dataclasses.replace(task, model=models.get(name), num_classes=setting.ways,
                                 novel_classes=np.arange(setting.ways))
+        scores: List[torch.Tensor] = []
         try:
-            acc = (episode_accuracies(name, params, support, query, t, truth) if dense is not None
+            acc = (episode_accuracies(name, params, support, query, t, truth, scores) if dense is not None
                    else ragged_accuracies(name, params, feats, ep, t))
         except InputError as err:
             notes[name] = f"skipped: {err}"
             continue
         record = episode_report.make_record(_who(cfg, name, inputs), setting, ep, fingerprint, acc.cpu().numpy(),
                                             time.perf_counter() - start)
+        record.update(episode_calibration(torch.cat(scores), truth) if scores else {})
         label = name + ("-" + digest(params)[:8] if params else "")
         episode_report.write_result(episode_report.result_path(_out_dir(cfg), record["key"], label), record)
         records.append(record)

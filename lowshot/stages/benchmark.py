@@ -23,7 +23,7 @@ from lowshot.generators import GENERATORS
 from lowshot.heads import HEADS, Task
 from lowshot.io.features import content_digest
 from lowshot.io.fingerprint import NOT_IDENTITY, file_digest
-from lowshot.io.results import has_result, result_path, write_result
+from lowshot.io.results import has_result, required_keys, result_path, training_seed, write_result
 from lowshot.io.splits import load_shots
 from lowshot.metrics import cell_metrics
 from lowshot.run import (
@@ -60,6 +60,7 @@ class BenchmarkConfig:
     device: str = field(default="auto", metadata=NOT_IDENTITY)
     force: bool = field(default=False, metadata=NOT_IDENTITY)
     jobs: Optional[int] = field(default=None, metadata=NOT_IDENTITY)  # processes for the cells; default: CPUs / threads
+    temperatures: bool = field(default=False, metadata=NOT_IDENTITY)  # also ECE/NLL/Brier of softmax(scores / T)
 
 
 def default_expids() -> List[int]:
@@ -185,7 +186,7 @@ def run_cell(ctx: Context, head_name: str, n: int, expid: int) -> Optional[Path]
     model, model_key = head_model(ctx, head)
     identity = cell_identity(ctx, head_name, head.get_params(), n, expid, model_key and {head.artefact: model_key})
     path = result_path(ctx.out_dir, identity)
-    if not ctx.cfg.force and has_result(path, identity):
+    if not ctx.cfg.force and has_result(path, identity, required_keys(ctx.cfg.temperatures)):
         return None
     seed = cell_seed(ctx.cfg.seed, expid, n)
     torch.manual_seed(seed)
@@ -195,8 +196,10 @@ def run_cell(ctx: Context, head_name: str, n: int, expid: int) -> Optional[Path]
     head.fit(feats, labels, task)
     scores = head.scores(ctx.test_feats)
     check_finite(scores, identity)
-    metrics = cell_metrics(scores, ctx.test_labels, task.base_classes, task.novel_classes)
+    metrics = cell_metrics(scores, ctx.test_labels, task.base_classes, task.novel_classes,
+                           temperatures=ctx.cfg.temperatures)
     write_result(path, {**identity, **metrics, "representation": Path(ctx.cfg.run).name, "cell_seed": seed,
+                        "train_seed": training_seed(ctx.inputs.train.attrs),
                         "wall_time_s": time.perf_counter() - start,
                         "num_train_rows": len(labels), "input_files": input_files(ctx, expid),
                         "versions": versions()})

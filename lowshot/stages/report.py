@@ -1,4 +1,10 @@
-"""Stage 5: tables and plots from result JSONs (H&G's tables, with 95 % intervals)."""
+"""Stage 5: tables and plots from result JSONs (H&G's tables, with 95 % intervals).
+
+Results of run folders `<recipe>-seed<k>` are averaged over the recipe's training seeds (two-level intervals,
+`lowshot.io.tables.summary`; variance components in `report_seeds`); calibration and the base ↔ novel bias
+diagnostics are in `report_bias`. Folders of episode results get the paired per-episode tables of
+`lowshot.protocols.episode_report`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,6 +18,7 @@ from lowshot.io.atomic import atomic_path
 from lowshot.io.results import (
     GROUP,
     METRICS,
+    RESULT_KEYS,
     check_same_inputs,
     long_table,
     missing_cells,
@@ -26,15 +33,18 @@ from lowshot.io.tables import (
     summary,
     write_csv,
 )
+from lowshot.stages.report_bias import MARKERS, add_setup1_choices, bias_report
 from lowshot.stages.report_classes import per_class_report
+from lowshot.stages.report_seeds import seed_folders, seeds_report
 
 
 @dataclass
 class ReportConfig:
     results: List[str] = field(default_factory=lambda: ["runs/demo/results"])
     out_dir: Optional[str] = None  # default: the first results folder's parent / "report"
-    compare: Optional[List[str]] = None  # two method names: paired differences
+    compare: Optional[List[str]] = None  # two method (or recipe, or representation) names: paired differences
     plot: bool = True
+    seeds: Optional[List[int]] = None  # each <run>/results stands for <run>-seed<k>/results, k in seeds
 
 
 def _check_unique(df: pd.DataFrame) -> None:
@@ -59,7 +69,8 @@ def plot(summ: pd.DataFrame, path: Path) -> None:
         for (rep, method), g in summ[summ["metric"] == m].groupby(["representation", "method"]):
             g = g.sort_values("n")
             colour = colours[(rep, method)]
-            ax.plot(g["n"], g["mean"], marker="o", ms=3, color=colour, label=f"{rep} / {method}")
+            ax.plot(g["n"], g["mean"], marker=MARKERS[lines.index((rep, method)) % len(MARKERS)], ms=4, color=colour,
+                    label=f"{rep} / {method}")
             ax.fill_between(g["n"], g["mean"] - g["ci95"].fillna(0), g["mean"] + g["ci95"].fillna(0),
                             color=colour, alpha=0.2)
         ax.set(xscale="log", xticks=[1, 2, 5, 10, 20], xticklabels=["1", "2", "5", "10", "20"],
@@ -73,43 +84,85 @@ def plot(summ: pd.DataFrame, path: Path) -> None:
 
 
 def report(cfg: ReportConfig) -> str:
-    """Write CSVs (+ plot) under `out_dir` and return the markdown tables (of episodes folders: the paired
+    """Write CSVs (+ plots) under `out_dir` and return the markdown tables (of episodes folders: the paired
     per-episode tables of `lowshot.protocols.episode_report`)."""
     from lowshot.protocols.episode_report import PER_EPISODE, report_episodes
     if any((Path(d) / PER_EPISODE).is_dir() for d in cfg.results):
         return report_episodes(cfg.results, cfg.out_dir)
-    results = [r for d in cfg.results for r in _read_dir(d)]
+    folders = seed_folders(cfg.results, cfg.seeds) if cfg.seeds else list(cfg.results)
+    results = [r for d in folders for r in _read_dir(d)]
     check_same_inputs(results)
     df = long_table(results)
     _check_unique(df)
+    df = add_setup1_choices(df, results)
     summ = summary(df)
-    out = Path(cfg.out_dir or Path(cfg.results[0]).parent / "report")
+    out = Path(cfg.out_dir or _default_out(cfg))
     write_csv(df, out / "results_long.csv")
     write_csv(summ, out / "summary.csv")
+    _metric_tables(summ, out)
+    text = [hg_tables(summ)]
+    if df["method"].nunique() > 1 or df["recipe"].nunique() > 1:
+        text.append("## Comparison across methods (mean ± 95 % interval over experiments and training seeds, %)\n\n"
+                    + comparison_tables(summ))
+    if cfg.compare:
+        text.append(_compare(df, cfg.compare, out))
+    text += seeds_report(df, summ, folders, out)
+    text += _notes(df, results)
+    if cfg.plot:
+        plot(summ, out / "accuracy_vs_n.png")
+    text += bias_report(results, df, summ, out, cfg.plot)
+    names = {rep: (recipe, seed) for rep, recipe, seed in zip(df["representation"], df["recipe"], df["train_seed"])}
+    text += per_class_report(results, out, cfg.plot, names)
+    with atomic_path(out / "report.md") as tmp:  # stdout less its last line (a local path)
+        tmp.write_text("\n\n".join(text) + "\n")
+    text.append(f"CSV tables and plots written to {out}/")
+    return "\n\n".join(text)
+
+
+def _default_out(cfg: ReportConfig) -> Path:
+    """`<first results folder>/../report`; with `--seeds`, `<run>-report` beside the seeds' run folders."""
+    first = Path(cfg.results[0]).parent
+    return Path(f"{first}-report") if cfg.seeds else first / "report"
+
+
+def _metric_tables(summ: pd.DataFrame, out: Path) -> None:
     for m in METRICS:
         g = summ[summ["metric"] == m]
         if len(g):
             write_csv(g.pivot_table(index=["representation", "method", "setup"], columns="n", values=["mean", "ci95"]).reset_index()
                        .pipe(_flatten), out / f"table_{m}.csv")
-    text = [hg_tables(summ)]
-    if df["method"].nunique() > 1 or df["representation"].nunique() > 1:
-        text.append("## Comparison across methods (mean ± 95 % interval over experiments, %)\n\n" + comparison_tables(summ))
-    if cfg.compare:
-        diff = paired_difference(df, *cfg.compare)
-        write_csv(diff, out / "compare.csv")
-        text.append(f"## Paired difference {cfg.compare[0]} − {cfg.compare[1]} (points)\n\n" + markdown_table(
-            diff.assign(cell=[format_mean_ci(a, c) for a, c in zip(diff["difference"], diff["ci95"])])
-            .pivot(index="n", columns="metric", values="cell")))
+
+
+def _compare(df: pd.DataFrame, names: List[str], out: Path) -> str:
+    """Paired differences A − B: of methods, else of recipes (seeds paired), else of representations."""
+    by = next((b for b in ("method", "recipe", "representation") if set(names) <= set(df[b])), "method")
+    diff = paired_difference(df, *names, by=by)
+    write_csv(diff, out / "compare.csv")
+    other = {"method": "representation", "recipe": "method", "representation": "method"}[by]
+    parts = []
+    for (rest, setup), g in diff.groupby([other, "setup"]):
+        seeds = int(g["seeds"].max())
+        wide = g.assign(cell=[format_mean_ci(a, c) for a, c in zip(g["difference"], g["ci95"])]).pivot(
+            index="n", columns="metric", values="cell")
+        parts.append(f"*{rest}*, setup {setup} ({seeds} training seed{'s' if seeds > 1 else ''})\n\n"
+                     f"{markdown_table(wide)}")
+    return f"## Paired difference {names[0]} − {names[1]} (points)\n\n" + "\n\n".join(parts)
+
+
+def _notes(df: pd.DataFrame, results: List[dict]) -> List[str]:
+    """Missing cells, and results written before a metric existed (their columns would be silently empty)."""
+    text = []
     lack = missing_cells(df)
     if lack:
         text.append("**Missing cells** (means above use only the experiments present):\n" + "\n".join(f"- {x}" for x in lack))
-    if cfg.plot:
-        plot(summ, out / "accuracy_vs_n.png")
-    text += per_class_report(results, out, cfg.plot)
-    with atomic_path(out / "report.md") as tmp:  # stdout less its last line (a local path)
-        tmp.write_text("\n\n".join(text) + "\n")
-    text.append(f"CSV tables and plot written to {out}/")
-    return "\n\n".join(text)
+    old = {k: [r for r in results if k not in r] for k in RESULT_KEYS}
+    old = {k: rs for k, rs in old.items() if rs}
+    if old:
+        folders = sorted({str(Path(r["_path"]).parent) for rs in old.values() for r in rs})
+        text.append(f"**Results without some metrics** ({', '.join(sorted(old))}): {max(map(len, old.values()))} "
+                    f"results written before these metrics existed, in {', '.join(folders)}; their cells are left out "
+                    "of those metrics' means. Run `lowshot benchmark` again on their run folders: it recomputes them.")
+    return text
 
 
 def _flatten(df: pd.DataFrame) -> pd.DataFrame:

@@ -3,7 +3,9 @@
 Result files hold, per cell, `per_class_top1` and `per_class_count` aligned with the setup's
 classes sorted, and `base_novel_confusion` (test images by true base/novel × predicted
 base/novel/other). Class names and which classes are base or novel come from the label split
-file each result records in `input_files.splits`, checked against its fingerprint.
+file each result records in `input_files.splits`, checked against its fingerprint. Results of the training
+seeds of one recipe (`names`, from the long table) are pooled under the recipe's name, the interval then
+taken over the seeds' means (nested: `lowshot.stats.seed_draw_ci`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from lowshot.io.fingerprint import file_digest
 from lowshot.io.results import method_name
 from lowshot.io.splits import LabelSplits, load_label_splits
 from lowshot.io.tables import format_mean_ci, markdown_table, write_csv
-from lowshot.stats import mean_ci
+from lowshot.stats import seed_draw_ci
 
 KEYS = ["representation", "method", "setup", "n"]
 CONFUSION_CELLS = [(t, p) for t in ("base", "novel") for p in ("base", "novel", "other")]
@@ -34,11 +36,23 @@ def _splits_of(r: dict, cache: Dict[str, Optional[LabelSplits]]) -> Optional[Lab
     return cache[path]
 
 
-def per_class_long(results: Sequence[dict]) -> Tuple[pd.DataFrame, List[str]]:
+def _name(r: dict, names: Optional[Dict[str, tuple]]) -> tuple:
+    """(representation or recipe, training seed) of a result."""
+    return (names or {}).get(r["representation"], (r["representation"], None))
+
+
+def _interval(values, g: pd.DataFrame):
+    """(mean, half-width, N): over the experiments, or over the seeds' means when there are several seeds."""
+    ci = seed_draw_ci(values, g["train_seed"].fillna(-1).to_numpy(), g["expid"].to_numpy(), crossed=False)
+    return ci.mean, ci.ci95, int((~np.isnan(np.asarray(values, dtype=float))).sum())
+
+
+def per_class_long(results: Sequence[dict], names: Optional[Dict[str, tuple]] = None) -> Tuple[pd.DataFrame, List[str]]:
     """One row per (cell, class of the setup): top-1 in %, test count, name and kind; plus notes on skipped results.
 
     Args:
         results: result dicts; those without per-class fields or without their split file are skipped.
+        names: representation -> (recipe, training seed), for the seeds of a recipe.
     """
     rows, skipped, cache = [], set(), {}
     for r in results:
@@ -49,7 +63,8 @@ def per_class_long(results: Sequence[dict]) -> Tuple[pd.DataFrame, List[str]]:
         base, novel = splits.setup(r["setup"])
         classes = np.sort(np.concatenate([base, novel]))
         for c, acc, count in zip(classes, r["per_class_top1"], r["per_class_count"]):
-            rows.append({"representation": r["representation"], "method": method_name(r), "setup": r["setup"],
+            rep, seed = _name(r, names)
+            rows.append({"representation": rep, "method": method_name(r), "setup": r["setup"], "train_seed": seed,
                          "n": r["n"], "expid": r["expid"], "class": int(c), "class_name": splits.label_names[c],
                          "kind": "novel" if c in novel else "base", "test_images": count,
                          "top1": np.nan if acc is None else 100 * acc})
@@ -62,18 +77,19 @@ def per_class_summary(long: pd.DataFrame) -> pd.DataFrame:
     out = []
     cols = KEYS + ["class", "class_name", "kind", "test_images"]
     for key, g in long.groupby(cols, sort=True):
-        mean, ci, runs = mean_ci(g["top1"].to_numpy(float))
+        mean, ci, runs = _interval(g["top1"].to_numpy(float), g)
         out.append(dict(zip(cols, key), top1=mean, ci95=ci, runs=runs))
     return pd.DataFrame(out, columns=cols + ["top1", "ci95", "runs"])
 
 
-def confusion_long(results: Sequence[dict]) -> pd.DataFrame:
+def confusion_long(results: Sequence[dict], names: Optional[Dict[str, tuple]] = None) -> pd.DataFrame:
     """One row per cell with its base/novel confusion counts and each count as % of its true row."""
     rows = []
     for r in results:
         if "base_novel_confusion" not in r:
             continue
         row = {k: r[k] for k in KEYS if k != "method"}
+        row["representation"], row["train_seed"] = _name(r, names)
         row.update(method=method_name(r), expid=r["expid"])
         for (t, p), count in zip(CONFUSION_CELLS, np.ravel(r["base_novel_confusion"])):
             total = sum(r["base_novel_confusion"][0 if t == "base" else 1])
@@ -87,7 +103,7 @@ def confusion_summary(long: pd.DataFrame) -> pd.DataFrame:
     out = []
     for key, g in long.groupby(KEYS, sort=True):
         for t, p in CONFUSION_CELLS:
-            pct, ci, runs = mean_ci(g[f"{t}->{p} %"].to_numpy(float))
+            pct, ci, runs = _interval(g[f"{t}->{p} %"].to_numpy(float), g)
             out.append(dict(zip(KEYS, key), true=t, predicted=p, mean_count=float(g[f"{t}->{p}"].mean()),
                             percent_of_true=pct, ci95=ci, runs=runs))
     return pd.DataFrame(out)
@@ -141,9 +157,11 @@ def plot_hardest(hard: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def per_class_report(results: Sequence[dict], out: Path, plot: bool) -> List[str]:
-    """Write `per_class.csv`, `base_novel_confusion.csv` (+ the hardest-classes plots); return markdown parts."""
-    long, notes = per_class_long(results)
+def per_class_report(results: Sequence[dict], out: Path, plot: bool,
+                     names: Optional[Dict[str, tuple]] = None) -> List[str]:
+    """Write `per_class.csv`, `base_novel_confusion.csv` (+ the hardest-classes plots); return markdown parts.
+    `names`: representation -> (recipe, training seed), to pool the seeds of a recipe."""
+    long, notes = per_class_long(results, names)
     text = list(notes)
     if len(long):
         summ = per_class_summary(long)
@@ -151,9 +169,10 @@ def per_class_report(results: Sequence[dict], out: Path, plot: bool) -> List[str
         for rep, hard in hardest_novel(summ).groupby("representation"):
             if plot and len(hard):
                 plot_hardest(hard, out / f"hardest_novel_{rep}.png")
-    conf = confusion_long(results)
+    conf = confusion_long(results, names)
     if len(conf):
         summ = confusion_summary(conf)
         write_csv(summ, out / "base_novel_confusion.csv")
-        text.insert(0, "## Base ↔ novel confusion (mean ± 95 % interval over experiments)\n\n" + confusion_markdown(summ))
+        text.insert(0, "## Base ↔ novel confusion (mean ± 95 % interval over experiments, or over training seeds)\n\n"
+                    + confusion_markdown(summ))
     return text
