@@ -30,7 +30,7 @@ RESULT_FORMAT = "lowshot-episode-result/1"
 PER_EPISODE = "per_episode"
 COLUMNS = ["representation", "source_dataset", "trained_on", "dataset", "dataset_label", "split", "setup", "protocol", "setting", "head",
            "head_params", "transductive", "ways", "shots", "queries", "episodes", "query_dirichlet", "mean_acc",
-           "ci95", "seconds", "seconds_per_1000", "episode_file", "fingerprint"]
+           "ci95", "sd", "ece", "nll", "brier", "seconds", "seconds_per_1000", "episode_file", "fingerprint"]
 
 
 def result_path(out: Path, key: str, label: str) -> Path:
@@ -52,6 +52,7 @@ def make_record(who: Dict[str, Any], setting, ep, fingerprint: str, acc: np.ndar
             "episodes": n, "seed": meta["seed"], "query_dirichlet": setting.query_dirichlet,
             "episode_file": str(ep.path), "fingerprint": fingerprint,
             "key": f"{label} {meta['split']} {setting.name} seed{meta['seed']}", "mean_acc": mean, "ci95": half,
+            "sd": float(np.std(acc, ddof=1)) if n > 1 else float("nan"),
             "seconds": round(seconds, 3), "seconds_per_1000": 1000 * seconds / n,
             "accs": [round(float(a), 6) for a in acc]}
 
