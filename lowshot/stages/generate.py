@@ -47,7 +47,7 @@ from lowshot.generators.analogies.train import default_iterations, fit_generator
 from lowshot.io.atomic import save_torch, write_json
 from lowshot.io.checkpoints import load_checkpoint
 from lowshot.io.features import FeatureSet
-from lowshot.io.fingerprint import digest
+from lowshot.io.fingerprint import digest, up_to_date
 from lowshot.run import RunFolder, load_inputs, rows_of
 from lowshot.runtime import cpu_threads, pick_device
 
@@ -187,7 +187,8 @@ def generate(cfg: GenerateConfig) -> Path:
     base = load_base_data(cfg, pick_device(cfg.device))
     k = cfg.clusters_per_class or default_clusters_per_class(torch.bincount(base.labels).cpu()[base.classes].tolist())
     keys = stage_keys(cfg, base, k)
-    if final.exists() and not cfg.force and load_checkpoint(final, what="the generator").get("key") == keys["generator"]:
+    stored = lambda path: {"key": load_checkpoint(path, what="the generator").get("key")}  # noqa: E731
+    if not cfg.force and up_to_date(final, {"key": keys["generator"]}, stored):
         print(f"{final} is up to date", flush=True)
         return final
     centroids, quads = cluster_and_mine(cfg, base, k, keys, out / "cache")
