@@ -35,6 +35,14 @@ def test_slurm_array_task_id_selects_the_experiment(feature_project, monkeypatch
     assert "1 new result files" in out.output and "exp=3" in out.output
 
 
+def test_a_new_head_revision_recomputes_its_cells(feature_project, monkeypatch):
+    from lowshot.heads.logreg import LogReg
+    assert "2 new result files" in invoke("benchmark", "--run", "runs/synth", "--n", "1", "--expid", "1,2").output
+    monkeypatch.setattr(LogReg, "revision", LogReg.revision + 1)  # a code change that moves logreg's numbers
+    again = invoke("benchmark", "--run", "runs/synth", "--n", "1", "--expid", "1,2")
+    assert "2 new result files" in again.output  # not reused: the old results are of another revision
+
+
 def test_report_flags_missing_cells(feature_project):
     invoke("benchmark", "--run", "runs/synth", "--n", "1,2", "--expid", "1,2")
     next(Path("runs/synth/results").glob("*_n2_exp2_*.json")).unlink()

@@ -70,11 +70,15 @@ class Head:
     `scores` would one at a time (tests/test_episodes.py checks it for every episodic head), and
     `episode_predictions(...) -> (E, Q)`, its arg-max when that is cheaper; `episode_bytes` bounds the
     features of the episodes it is given at once (default `protocols.episodes.CHUNK_BYTES`).
+
+    `revision`: 0 until a change of the code moves the head's numbers at the same options; a benchmark
+    result records it, and results of another revision are recomputed, never reused.
     """
 
     artefact: ClassVar[Optional[str]] = None
     build_model: ClassVar[Optional[Callable[[Dict[str, Any], int], Any]]] = None
     episode_ms: ClassVar[Optional[float]] = None  # an episodic head's measured cost per 5-way 1-shot episode
+    revision: ClassVar[int] = 0  # raised when a change of the head's code moves its numbers (enters results' identity)
 
     def get_params(self) -> Dict[str, Any]:
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]

@@ -23,7 +23,9 @@ from lowshot.run import split_seed_run
 
 ACC_NAMES = ("top1_novel", "top5_novel", "top1_base", "top5_base", "top1_all", "top5_all")
 CELL_KEYS = ("head", "head_params", "generator", "n", "expid", "setup", "seed")
-IDENTITY_KEYS = CELL_KEYS + ("inputs",)  # inputs: fingerprints of the feature, split and shot files
+# inputs: fingerprints of the feature, split and shot files; head_revision: `Head.revision` (results written
+# before it existed read as 0)
+IDENTITY_KEYS = CELL_KEYS + ("inputs", "head_revision")
 CALIBRATION = ("ece", "nll", "brier", "ece_pred_base", "ece_pred_novel", "overconf_pred_base", "overconf_pred_novel")
 # chosen on setup 1 by the report and applied to the other setup: a temperature (calibration of softmax(s / T))
 # and a novel prior (all-class top-1 with novel classes given that mass)
@@ -67,7 +69,7 @@ def _stored_identity(path: Path, required: Sequence[str] = ()) -> Optional[Dict[
         return None
     if any(k not in stored for k in required):
         return None
-    return {k: stored.get(k) for k in IDENTITY_KEYS}
+    return {k: stored.get(k, 0 if k == "head_revision" else None) for k in IDENTITY_KEYS}
 
 
 def training_seed(attrs: Dict[str, Any]) -> Optional[int]:

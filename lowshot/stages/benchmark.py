@@ -20,7 +20,7 @@ import torch
 from lowshot.config import versions
 from lowshot.errors import InputError
 from lowshot.generators import GENERATORS
-from lowshot.heads import HEADS, Task
+from lowshot.heads import HEADS, Head, Task
 from lowshot.io.features import content_digest
 from lowshot.io.fingerprint import NOT_IDENTITY, file_digest
 from lowshot.io.results import has_result, required_keys, result_path, training_seed, write_result
@@ -141,16 +141,17 @@ def input_digests(inputs: RunInputs) -> Dict[str, Any]:
     return digests
 
 
-def cell_identity(ctx: Context, head: str, params: Dict[str, Any], n: int, expid: int,
+def cell_identity(ctx: Context, head_name: str, head: Head, n: int, expid: int,
                   head_inputs: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    """What determines a cell's numbers: its coordinates, the head's options, and every input file's fingerprint
-    (`head_inputs`: those of files the head itself reads, e.g. a trained model)."""
+    """What determines a cell's numbers: its coordinates, the head's options and code `revision`, and every input
+    file's fingerprint (`head_inputs`: those of files the head itself reads, e.g. a
+    trained model)."""
     cfg = ctx.cfg
     gen = {"name": cfg.generator, "max_per_label": cfg.max_per_label, "key": ctx.generator_key} if cfg.generator else None
     inputs = {**ctx.digests, "shots": file_digest(shot_file(ctx, expid))}
     if head_inputs:
         inputs["head"] = head_inputs
-    return {"head": head, "head_params": params, "generator": gen,
+    return {"head": head_name, "head_params": head.get_params(), "head_revision": head.revision, "generator": gen,
             "n": n, "expid": expid, "setup": cfg.setup, "seed": cfg.seed, "inputs": inputs}
 
 
@@ -184,7 +185,7 @@ def run_cell(ctx: Context, head_name: str, n: int, expid: int) -> Optional[Path]
     """Fit one head on one cell's training set, score the test rows, write the result JSON."""
     head = HEADS.create(head_name, **ctx.cfg.head_params.get(head_name, {}))
     model, model_key = head_model(ctx, head)
-    identity = cell_identity(ctx, head_name, head.get_params(), n, expid, model_key and {head.artefact: model_key})
+    identity = cell_identity(ctx, head_name, head, n, expid, model_key and {head.artefact: model_key})
     path = result_path(ctx.out_dir, identity)
     if not ctx.cfg.force and has_result(path, identity, required_keys(ctx.cfg.temperatures)):
         return None
