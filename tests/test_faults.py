@@ -134,6 +134,9 @@ def test_progress_bars_only_when_asked_or_on_a_terminal(feature_project):
 
 
 def test_results_do_not_depend_on_processes_or_threads(feature_project):
+    """Cells are seeded by their coordinates, not by the process that runs them. (On these tiny problems the
+    intra-op reductions are not split across threads; on the demo's a multi-threaded sum can move an
+    iterative fit by a test image: docs/speed.md.)"""
     def results(folder, *extra):
         out = invoke(*extra, "benchmark", "--run", "runs/synth", "--heads", "logreg,protonet,imprint_ft", "--n", "1,5",
                      "--device", "cpu", "--set", f"out_dir={folder}", *(["--jobs", "2"] if folder == "b" else []))
