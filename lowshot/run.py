@@ -34,9 +34,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lowshot.errors import InputError
-from lowshot.io.checkpoints import load_checkpoint
+from lowshot.io.checkpoints import load_checkpoint, model_digest
 from lowshot.io.features import FeatureSet, read_features
-from lowshot.io.fingerprint import file_digest
 from lowshot.io.splits import (
     SHOTS_DATA,
     LabelSplits,
@@ -242,11 +241,11 @@ def rows_of(fs: FeatureSet, classes: Sequence[int]) -> Tuple[np.ndarray, np.ndar
 
 
 def read_artefact(run: str, artefact: str, explicit: Optional[str] = None) -> Tuple[dict, str, Path]:
-    """A trained model's file as its stage saved it (read with `weights_only=True`), its digest and path:
+    """A trained model's file as its stage saved it (read with `weights_only=True`), its `model_digest` and path:
     `explicit`, else the run folder's; a missing file is one line naming the stage that makes it."""
     path = Path(explicit) if explicit else RunFolder(Path(run)).path(artefact)
     saved = load_checkpoint(path, f"not found: run `lowshot {maker(artefact)} --run {run}` first", f"the {artefact} model")
-    return saved, file_digest(path), path
+    return saved, model_digest(saved), path
 
 
 def trained_model(run: str, head_class, dim: int, device, explicit: Optional[str] = None) -> Tuple[Any, str]:

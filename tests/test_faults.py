@@ -61,6 +61,11 @@ def test_a_moved_run_folder_resumes_every_stage(tiny_project):
         assert out.exit_code == 0 and "different" not in out.output, out.output
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # every output was up to date: nothing recomputed
     assert "0 new result files" in out.output
+    # a model file re-made with other thread counts records them, but later identities name its weights
+    assert invoke("generate", "--run", "elsewhere/b", "--device", "cpu", "--force", "--set", "iterations=10",
+                  "--set", "cpu_threads=2").exit_code == 0
+    assert "0 new result files" in invoke(*steps[-1][:1], "--run", "elsewhere/b", "--device", "cpu",
+                                          *steps[-1][1:]).output
     longer = invoke("train", "--run", "elsewhere/b", "--config", "train.json", "--epochs", "3", "--device", "cpu")
     assert longer.exit_code == 0 and '"epoch": 2' in longer.output and '"epoch": 1' not in longer.output
 

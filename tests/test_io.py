@@ -61,3 +61,21 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         write_features(path, FeatureSet(np.ones((2, 2), np.float32), None))  # labels missing: fails mid-write
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["f.hdf5"]  # no temporary left behind
+
+
+def test_a_model_files_digest_is_its_weights_and_identity_not_its_bookkeeping():
+    """Saved from another run folder, with other workers, resume state or versions: the same digest; a changed
+    weight (of any dtype), entry or identity: another one."""
+    import torch
+
+    from lowshot.io.checkpoints import model_digest
+
+    def saved(run="runs/a", workers=2, w=1.0, half=0.5, identity="i"):
+        return {"model": {"fc.weight": torch.full((2, 3), w), "half": torch.tensor([half], dtype=torch.bfloat16)},
+                "identity": {"config": identity}, "epoch": 5, "rng": {"torch": torch.randint(0, 9, (4,))},
+                "config": {"run": run, "workers": workers}, "optimizer": {"state": {0: torch.rand(3)}},
+                "versions": {"torch": torch.__version__}, "features": f"{run}/features/train.hdf5"}
+    same = model_digest(saved())
+    assert model_digest(saved(run="/elsewhere/b", workers=8)) == same
+    assert {model_digest(saved(w=1.0 + 2 ** -20)), model_digest(saved(half=0.75)), model_digest(saved(identity="j")),
+            model_digest({**saved(), "epoch": 4})}.isdisjoint({same})

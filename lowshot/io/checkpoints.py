@@ -3,6 +3,8 @@
 A checkpoint is `torch.save` of plain tensors and dicts: model state, optimiser and scheduler
 state, the fp16 loss scaler's state, epoch, RNG state, the training configuration and package
 versions. It is always read with `weights_only=True`, so loading never executes code from the file.
+Every stage's model file (checkpoint, generator, a trained head's model) is named in later identities
+by `model_digest`: what it computes, not the bytes of a file that also records paths and thread counts.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 from lowshot.backbones import Model, build_model
 from lowshot.config import versions
 from lowshot.errors import InputError
+from lowshot.io.fingerprint import digest
 from lowshot.io.atomic import save_torch
 
 
@@ -40,6 +43,37 @@ def load_checkpoint(path: str | os.PathLike, missing: str = "checkpoint not foun
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt file
         raise InputError(path, f"cannot load {what} ({e.__class__.__name__})") from None
+
+
+# entries of a saved model file that do not change what the model computes: the stage's full config (paths,
+# devices, worker and thread counts; what determines the weights is in the file's `identity`, its weights
+# and its other entries), the state to resume training, versions, the training log, provenance paths
+BOOKKEEPING = frozenset({"config", "optimizer", "scheduler", "scaler", "rng", "versions", "log", "features", "source"})
+
+
+def model_digest(saved: Dict[str, Any]) -> str:
+    """The digest of a saved model file's contents that determine what it computes: every entry but the
+    `BOOKKEEPING` ones, tensors by dtype, shape and bytes. The same weights saved from another run folder,
+    with other workers or on another device, have the same digest."""
+    parts: list = []
+
+    def walk(key: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k in sorted(value, key=str):
+                walk(f"{key}/{k}", value[k])
+        elif isinstance(value, (list, tuple)) and any(torch.is_tensor(v) or isinstance(v, dict) for v in value):
+            for i, v in enumerate(value):
+                walk(f"{key}/{i}", v)
+        elif torch.is_tensor(value):
+            t = value.detach().cpu().contiguous().reshape(-1)
+            parts.extend([key, f"{value.dtype}{tuple(value.shape)}", t.view(torch.uint8).numpy()])
+        else:
+            parts.extend([key, value])
+
+    for k in sorted(saved):
+        if k not in BOOKKEEPING:
+            walk(k, saved[k])
+    return digest(*parts)
 
 
 def trained_model(path: str | os.PathLike, ckpt: Dict[str, Any], num_classes: int, in_channels: int) -> Model:

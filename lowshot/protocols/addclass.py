@@ -32,7 +32,7 @@ from lowshot.data.images import InputSpec, folder_images, read_images
 from lowshot.errors import InputError
 from lowshot.heads import HEADS, Task
 from lowshot.io.atomic import save_torch
-from lowshot.io.checkpoints import load_checkpoint, trained_model
+from lowshot.io.checkpoints import load_checkpoint, model_digest, trained_model
 from lowshot.io.features import read_features
 from lowshot.io.fingerprint import file_digest
 from lowshot.io.splits import load_label_splits
@@ -96,7 +96,7 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
     model = trained_model(path, ckpt, data.num_classes, data.channels)
     base = splits.base_classes
     model.classifier.weight = torch.nn.Parameter(model.classifier.weight.detach()[base].clone())
-    source = {"checkpoint": str(path), "sha1": file_digest(path), "epoch": int(ckpt.get("epoch", -1))}
+    source = {"checkpoint": str(path), "sha1": model_digest(ckpt), "epoch": int(ckpt.get("epoch", -1))}
     return Classifier(model, [splits.label_names[c] for c in base], list(base), InputSpec.of(data, cfg), cfg, source)
 
 
@@ -153,7 +153,7 @@ def _check_addable(clf: Classifier, cfg: AddClassConfig) -> None:
 
 def _identity(cfg: AddClassConfig, clf: Classifier, paths: Sequence[str]) -> Dict[str, Any]:
     """Every input that determines the output: checkpoint, name, image bytes, options, features, seed."""
-    return {"checkpoint_sha1": file_digest(cfg.checkpoint), "name": cfg.name,
+    return {"checkpoint_sha1": model_digest(load_checkpoint(cfg.checkpoint)), "name": cfg.name,
             "images": {os.path.basename(p): file_digest(p) for p in paths}, "fine_tune": cfg.fine_tune,
             "ft_params": dict(cfg.ft_params) if cfg.fine_tune else {}, "seed": cfg.seed,
             "features_sha1": file_digest(_features_path(cfg, clf)) if cfg.fine_tune else None}

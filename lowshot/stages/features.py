@@ -28,7 +28,7 @@ from lowshot.data import DATASETS, ImageDataset
 from lowshot.data.cross import cross_inputs, data_args, data_tag
 from lowshot.data.feeds import FeedOptions, make_feed
 from lowshot.data.stream import UnreadableImage
-from lowshot.io.checkpoints import load_checkpoint, trained_model
+from lowshot.io.checkpoints import load_checkpoint, model_digest, trained_model
 from lowshot.io.features import BLOCK_ROWS, FeatureSet, feature_writer
 from lowshot.errors import InputError
 from lowshot.io.fingerprint import digest, file_digest, up_to_date
@@ -193,7 +193,7 @@ def features(cfg: FeaturesConfig) -> Dict[str, Path]:
         return external_features(cfg)
     ckpt_path = Path(cfg.checkpoint or RunFolder(Path(cfg.run)).path("checkpoint"))
     ckpt = load_checkpoint(ckpt_path)
-    tcfg, checkpoint_digest = ckpt["config"], file_digest(ckpt_path)
+    tcfg, checkpoint_digest = ckpt["config"], model_digest(ckpt)
     if _is_cross(cfg, tcfg):
         return cross_features(cfg, ckpt_path, ckpt, checkpoint_digest)
     _, paths = _output_paths(cfg)
