@@ -64,8 +64,16 @@ def test_a_moved_run_folder_resumes_every_stage(tiny_project):
     # a model file re-made with other thread counts records them, but later identities name its weights
     assert invoke("generate", "--run", "elsewhere/b", "--device", "cpu", "--force", "--set", "iterations=10",
                   "--set", "cpu_threads=2").exit_code == 0
-    assert "0 new result files" in invoke(*steps[-1][:1], "--run", "elsewhere/b", "--device", "cpu",
-                                          *steps[-1][1:]).output
+    bench = (*steps[-1][:1], "--run", "elsewhere/b", "--device", "cpu", *steps[-1][1:])
+    assert "0 new result files" in invoke(*bench).output
+    # another generator replaces its cells' files; a file of the same cell under an older naming is removed
+    results = sorted(Path("elsewhere/b/results").glob("*.json"))
+    old = json.loads(results[0].read_text())
+    old["generator"] = {**old["generator"], "key": old["inputs"].pop("generator")}
+    Path(str(results[0]).rsplit("_", 1)[0] + "_0123456789abcdef.json").write_text(json.dumps(old))
+    assert invoke("generate", "--run", "elsewhere/b", "--device", "cpu", "--set", "iterations=12").exit_code == 0
+    assert f"{len(results)} new result files" in invoke(*bench).output
+    assert sorted(Path("elsewhere/b/results").glob("*.json")) == results
     longer = invoke("train", "--run", "elsewhere/b", "--config", "train.json", "--epochs", "3", "--device", "cpu")
     assert longer.exit_code == 0 and '"epoch": 2' in longer.output and '"epoch": 1' not in longer.output
 

@@ -69,7 +69,35 @@ def _stored_identity(path: Path, required: Sequence[str] = ()) -> Optional[Dict[
         return None
     if any(k not in stored for k in required):
         return None
-    return {k: stored.get(k, 0 if k == "head_revision" else None) for k in IDENTITY_KEYS}
+    return stored_identity(stored)
+
+
+def stored_identity(stored: Dict[str, Any]) -> Dict[str, Any]:
+    """A stored result's identity as the benchmark writes it now: results written before `head_revision` existed
+    read as revision 0, and before the generator's model digest was an input (it was part of the cell's
+    coordinates, so a retrained generator left the old file beside the new one), with it moved to the inputs."""
+    identity = {k: stored.get(k, 0 if k == "head_revision" else None) for k in IDENTITY_KEYS}
+    gen = identity["generator"]
+    if isinstance(gen, dict) and "key" in gen:
+        identity["generator"] = {k: v for k, v in gen.items() if k != "key"}
+        if gen["key"] is not None:
+            identity["inputs"] = {**(identity["inputs"] or {}), "generator": gen["key"]}
+    return identity
+
+
+def remove_superseded(path: Path, identity: Dict[str, Any]) -> None:
+    """Remove the other result files of the cell `path` holds (same coordinates, written under an earlier
+    naming of its identity), so that a folder keeps one result per cell."""
+    cell = {k: identity[k] for k in CELL_KEYS}
+    prefix = path.name.rsplit("_", 1)[0]
+    for other in path.parent.glob(f"{prefix}_*.json"):
+        if other != path and other.name.rsplit("_", 1)[0] == prefix:
+            try:
+                stored = stored_identity(json.loads(other.read_text()))
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if {k: stored[k] for k in CELL_KEYS} == cell:
+                other.unlink()
 
 
 def training_seed(attrs: Dict[str, Any]) -> Optional[int]:

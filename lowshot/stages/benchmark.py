@@ -23,7 +23,7 @@ from lowshot.generators import GENERATORS
 from lowshot.heads import HEADS, Head, Task
 from lowshot.io.features import content_digest
 from lowshot.io.fingerprint import NOT_IDENTITY, file_digest
-from lowshot.io.results import has_result, required_keys, result_path, training_seed, write_result
+from lowshot.io.results import has_result, remove_superseded, required_keys, result_path, training_seed, write_result
 from lowshot.io.splits import load_shots
 from lowshot.metrics import cell_metrics
 from lowshot.run import (
@@ -144,11 +144,13 @@ def input_digests(inputs: RunInputs) -> Dict[str, Any]:
 def cell_identity(ctx: Context, head_name: str, head: Head, n: int, expid: int,
                   head_inputs: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """What determines a cell's numbers: its coordinates, the head's options and code `revision`, and every input
-    file's fingerprint (`head_inputs`: those of files the head itself reads, e.g. a
-    trained model)."""
+    file's fingerprint (the generator's trained model, and `head_inputs`: those of files the head itself reads,
+    e.g. a trained model)."""
     cfg = ctx.cfg
-    gen = {"name": cfg.generator, "max_per_label": cfg.max_per_label, "key": ctx.generator_key} if cfg.generator else None
+    gen = {"name": cfg.generator, "max_per_label": cfg.max_per_label} if cfg.generator else None
     inputs = {**ctx.digests, "shots": file_digest(shot_file(ctx, expid))}
+    if ctx.generator_key:
+        inputs["generator"] = ctx.generator_key
     if head_inputs:
         inputs["head"] = head_inputs
     return {"head": head_name, "head_params": head.get_params(), "head_revision": head.revision, "generator": gen,
@@ -188,6 +190,7 @@ def run_cell(ctx: Context, head_name: str, n: int, expid: int) -> Optional[Path]
     identity = cell_identity(ctx, head_name, head, n, expid, model_key and {head.artefact: model_key})
     path = result_path(ctx.out_dir, identity)
     if not ctx.cfg.force and has_result(path, identity, required_keys(ctx.cfg.temperatures)):
+        remove_superseded(path, identity)
         return None
     seed = cell_seed(ctx.cfg.seed, expid, n)
     torch.manual_seed(seed)
@@ -204,6 +207,7 @@ def run_cell(ctx: Context, head_name: str, n: int, expid: int) -> Optional[Path]
                         "wall_time_s": time.perf_counter() - start,
                         "num_train_rows": len(labels), "input_files": input_files(ctx, expid),
                         "versions": versions()})
+    remove_superseded(path, identity)
     return path
 
 
