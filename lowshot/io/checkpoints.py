@@ -17,8 +17,8 @@ import torch
 from lowshot.backbones import Model, build_model
 from lowshot.config import versions
 from lowshot.errors import InputError
-from lowshot.io.fingerprint import digest
 from lowshot.io.atomic import save_torch
+from lowshot.io.fingerprint import digest
 
 
 def save_checkpoint(path: Path, model, opt, sched, epoch: int, config: Dict[str, Any], scaler=None,
