@@ -58,6 +58,7 @@ class Classifier:
     spec: InputSpec
     config: Dict[str, Any]
     source: Dict[str, Any]
+    digest: str  # `model_digest` of the file it was loaded from
     added: List[Dict[str, Any]] = field(default_factory=list)
 
 
@@ -89,15 +90,16 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
         spec = InputSpec(**ckpt["input"])
         model = trained_model(path, ckpt, len(ckpt["classes"]), spec.channels)
         return Classifier(model, list(ckpt["classes"]), list(ckpt["class_ids"]), spec, ckpt["config"],
-                          dict(ckpt["source"]), list(ckpt["added"]))
+                          dict(ckpt["source"]), model_digest(ckpt), list(ckpt["added"]))
     cfg = ckpt["config"]
     data = DATASETS.create(cfg["dataset"], **cfg.get("dataset_args", {}))
     splits = load_label_splits(splits_path(cfg["dataset"], cfg.get("splits")))
     model = trained_model(path, ckpt, data.num_classes, data.channels)
     base = splits.base_classes
     model.classifier.weight = torch.nn.Parameter(model.classifier.weight.detach()[base].clone())
-    source = {"checkpoint": str(path), "sha1": model_digest(ckpt), "epoch": int(ckpt.get("epoch", -1))}
-    return Classifier(model, [splits.label_names[c] for c in base], list(base), InputSpec.of(data, cfg), cfg, source)
+    key = model_digest(ckpt)
+    source = {"checkpoint": str(path), "sha1": key, "epoch": int(ckpt.get("epoch", -1))}
+    return Classifier(model, [splits.label_names[c] for c in base], list(base), InputSpec.of(data, cfg), cfg, source, key)
 
 
 @torch.no_grad()
@@ -153,7 +155,7 @@ def _check_addable(clf: Classifier, cfg: AddClassConfig) -> None:
 
 def _identity(cfg: AddClassConfig, clf: Classifier, paths: Sequence[str]) -> Dict[str, Any]:
     """Every input that determines the output: checkpoint, name, image bytes, options, features, seed."""
-    return {"checkpoint_sha1": model_digest(load_checkpoint(cfg.checkpoint)), "name": cfg.name,
+    return {"checkpoint_sha1": clf.digest, "name": cfg.name,
             "images": {os.path.basename(p): file_digest(p) for p in paths}, "fine_tune": cfg.fine_tune,
             "ft_params": dict(cfg.ft_params) if cfg.fine_tune else {}, "seed": cfg.seed,
             "features_sha1": file_digest(_features_path(cfg, clf)) if cfg.fine_tune else None}

@@ -40,7 +40,6 @@ from lowshot.data import DATASETS
 from lowshot.errors import InputError
 from lowshot.heads import HEADS, Task
 from lowshot.io.atomic import write_json
-from lowshot.io.checkpoints import load_checkpoint, model_digest
 from lowshot.io.fingerprint import digest
 from lowshot.io.splits import load_label_splits
 from lowshot.io.tables import write_csv
@@ -170,7 +169,7 @@ def prepare(cfg: IncrementalConfig) -> Problem:
     device = pick_device(cfg.device)
     feats = {"train": embed(clf, torch.from_numpy(data.train_images[base_train]), device),
              "test": embed(clf, torch.from_numpy(data.test_images[base_test]), device)}
-    inputs = {"checkpoint_sha1": model_digest(load_checkpoint(ckpt)), "dataset": name,
+    inputs = {"checkpoint_sha1": clf.digest, "dataset": name,
               "data_sha1": digest(data.train_labels, data.test_labels, data.train_images, data.test_images),
               "setup": cfg.setup, "seed": cfg.seed, "ns": list(cfg.ns)}
     return Problem(clf, data, base_train, base_test, relabel, feats, classes, inputs, device)
