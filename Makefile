@@ -32,7 +32,7 @@ PIP_SOURCES = $(BIN)/python -m pip config list 2>/dev/null \
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	{ $(BIN)/python -m pip install -q uv 2>/dev/null \
-	  && $(BIN)/uv pip install -q --python $(BIN)/python --index-strategy unsafe-best-match $$($(PIP_SOURCES)) $(TORCH_PINS) -e '.[test]'; } \
+	  && $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python --index-strategy unsafe-best-match $$($(PIP_SOURCES)) $(TORCH_PINS) -e '.[test]'; } \
 	|| { $(BIN)/python -m pip install -q $(TORCH_PINS) 2>&1 | grep -v "is ignored"; \
 	     $(BIN)/python -m pip install -q -e '.[test]' 2>&1 | grep -v "is ignored"; true; }
 	$(BIN)/python -c "import lowshot.cli, torch, torchvision, h5py, pandas"
