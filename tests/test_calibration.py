@@ -13,7 +13,7 @@ from lowshot.io.results import RESULT_KEYS
 from lowshot.metrics import (
     PRIORS,
     TEMPERATURES,
-    _with_prior,
+    _prior_hits,
     calibration_metrics,
     cell_metrics,
     episode_calibration,
@@ -95,7 +95,7 @@ def test_prior_sweep_by_hand_and_against_the_wang_reweighting():
     base, novel = torch.arange(0, 5), torch.arange(5, 10)
     sweep = prior_sweep(scores, labels, base, novel)
     for prior, got in zip(PRIORS, sweep):
-        assert got == pytest.approx(float((_with_prior(scores, base, novel, prior).argmax(1) == labels).float().mean()))
+        assert got == pytest.approx(float(_prior_hits(scores, labels, base, novel, prior, 1).float().mean()))
 
 
 def test_cell_metrics_writes_every_result_key():

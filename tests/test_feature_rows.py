@@ -47,6 +47,18 @@ def test_row_reads_equal_the_whole_file_read(hg_file):
         lazy.feats[np.array([len(eager.labels)])]  # a padding row is not a row
 
 
+@pytest.mark.parametrize("gap_bytes, block_rows", [(0, 1 << 16), (2 * 4 * 6, 7), (1 << 18, 7), (1 << 18, 1 << 16)])
+def test_rows_read_through_gaps_and_in_bounded_slices_are_the_rows_asked_for(hg_file, monkeypatch, gap_bytes,
+                                                                              block_rows):
+    monkeypatch.setattr("lowshot.io.features.GAP_BYTES", gap_bytes)  # 0, 2 or all unwanted rows read through
+    monkeypatch.setattr("lowshot.io.features.BLOCK_ROWS", block_rows)
+    eager, lazy = read_features(hg_file), read_features(hg_file, lazy=True)
+    rng = np.random.default_rng(0)
+    for size in (1, 5, 20, 60, 200):
+        idx = rng.integers(0, len(eager.labels), size)  # unsorted, with repeats at the larger sizes
+        np.testing.assert_array_equal(lazy.feats[idx], eager.feats[idx])
+
+
 def test_block_digest_equals_the_in_memory_digest(hg_file, monkeypatch):
     eager = read_features(hg_file)
     monkeypatch.setattr("lowshot.io.features.BLOCK_ROWS", 7)  # many blocks, the last one short

@@ -1,8 +1,10 @@
 """The six H&G accuracies and the Wang/Gidaris metrics on a case computed by hand."""
+import math
+
 import pytest
 import torch
 
-from lowshot.metrics import cell_metrics
+from lowshot.metrics import _prior_hits, _ranks, _restricted_hits, cell_metrics
 
 
 def test_accs_order_and_values_by_hand():
@@ -52,3 +54,29 @@ def test_per_class_of_a_class_without_test_images_is_none():
     m = cell_metrics(torch.tensor([[9., 0, 0]]), torch.tensor([0]), [0, 1], [2])
     assert m["per_class_top1"] == [1.0, None, None]
     assert m["per_class_count"] == [1, 0, 0]
+
+
+def test_top5_and_restricted_hits_are_those_of_a_sort_and_ties_go_to_the_lower_class():
+    torch.manual_seed(0)
+    scores, labels = torch.randn(300, 40), torch.randint(0, 40, (300,))
+    in_top5 = (scores.topk(5, dim=1).indices == labels[:, None]).any(1)
+    assert torch.equal(_ranks(scores, labels) < 5, in_top5)
+    novel = torch.tensor([31, 3, 17, 8, 25, 12, 39])
+    masked = torch.full_like(scores, float("-inf"))
+    masked[:, novel] = scores[:, novel]
+    inside = torch.isin(labels, novel)
+    want = (masked.topk(5, dim=1).indices == labels[:, None]).any(1) & inside
+    assert torch.equal(_restricted_hits(scores, labels, novel, 5), want)
+    # the prior's re-weighting, written out: log-softmax, then each side renormalised to its mass
+    base = torch.tensor([c for c in range(40) if c not in novel.tolist()][:20])
+    logp = torch.log_softmax(scores[:, torch.cat([base, novel])], 1)
+    nb = len(base)
+    weighted = torch.full_like(scores, float("-inf"))
+    weighted[:, base] = logp[:, :nb] - logp[:, :nb].logsumexp(1, keepdim=True) + math.log(0.2)
+    weighted[:, novel] = logp[:, nb:] - logp[:, nb:].logsumexp(1, keepdim=True) + math.log(0.8)
+    inside = torch.isin(labels, torch.cat([base, novel]))
+    want = (weighted.topk(5, dim=1).indices == labels[:, None]).any(1) & inside
+    assert torch.equal(_prior_hits(scores, labels, base, novel, 0.8, 5), want)
+    # seven equal scores: classes 0..4 are the top 5, class 5 is not
+    tied = torch.ones(2, 7)
+    assert (_ranks(tied, torch.tensor([4, 5])) < 5).tolist() == [True, False]

@@ -27,14 +27,16 @@ from lowshot.runtime import progress
 
 FEATURE_NAMES = ("all_feats", "all_features")
 BLOCK_ROWS = 1 << 16  # rows per block when a file is read or hashed whole (128 MB at d = 512)
+GAP_BYTES = 1 << 18  # unwanted rows between wanted ones are read through up to this size: an HDF5 slice costs ≈ 65 µs
 
 
 class FeatureRows:
     """The feature rows of a file, read on demand: `rows[key]` reads only the rows asked for.
 
     `key` is a slice, a boolean mask of shape (N,) or an integer index array; sorted indices are
-    read as runs of consecutive rows (one HDF5 slice per run, straight into the result), so the
-    rows of a set of classes of a class-contiguous file cost one slice per class. Rows read are
+    read as runs of consecutive rows (one HDF5 slice per run, straight into the result), runs a
+    few rows apart as one slice (`GAP_BYTES`), so the rows of a set of classes of a
+    class-contiguous file cost one slice per class. Rows read are
     checked to be finite. Behaves as a read-only float32 array of shape (N, d) for `len`,
     `shape`, `dtype`, `np.asarray` (reads everything) and indexing.
     """
@@ -69,12 +71,14 @@ class FeatureRows:
         order = np.argsort(idx, kind="stable")
         ordered = idx[order]
         out = np.empty((len(idx), self.shape[1]), np.float32)
-        starts = np.flatnonzero(np.diff(ordered, prepend=-2) != 1)  # a run = consecutive row numbers
-        ends = np.append(starts[1:], len(ordered))
         with h5py.File(self.path, "r") as f:
             ds = f[self.name]
-            for a, b in zip(starts, ends):
-                ds.read_direct(out, np.s_[ordered[a]:ordered[a] + b - a], np.s_[a:b])
+            for a, b in _slices(ordered, GAP_BYTES // (4 * self.shape[1])):
+                lo, hi = int(ordered[a]), int(ordered[b - 1]) + 1
+                if hi - lo == b - a and (b - a < 2 or np.diff(ordered[a:b]).min() == 1):  # consecutive: straight in
+                    ds.read_direct(out, np.s_[lo:hi], np.s_[a:b])
+                else:
+                    out[a:b] = ds[lo:hi][ordered[a:b] - lo]
         if not np.isfinite(out).all():
             raise InputError(self.path, "features contain NaN or infinite values")
         if np.any(order[1:] < order[:-1]):
@@ -86,6 +90,21 @@ class FeatureRows:
         rows = rows or BLOCK_ROWS
         for start in range(0, len(self), rows):
             yield self[start:start + rows]
+
+
+def _slices(ordered: np.ndarray, gap: int) -> Iterator[Tuple[int, int]]:
+    """Positions [a, b) of the sorted row numbers `ordered` to read as one HDF5 slice each: runs of consecutive
+    rows, joined across gaps of at most `gap` unwanted rows, each slice spanning fewer than `BLOCK_ROWS` rows."""
+    if not len(ordered):
+        return
+    a = 0
+    for end in [*(np.flatnonzero(np.diff(ordered) > gap + 1) + 1).tolist(), len(ordered)]:
+        while ordered[end - 1] - ordered[a] >= BLOCK_ROWS:
+            b = a + int(np.searchsorted(ordered[a:end], ordered[a] + BLOCK_ROWS))
+            yield a, b
+            a = b
+        yield a, end
+        a = end
 
 
 @dataclass
