@@ -57,6 +57,7 @@ def _prior_hits(scores: torch.Tensor, labels: torch.Tensor, base: torch.Tensor, 
     classes hold `prior` of its mass and the base classes 1 − prior: class c of side S scores
     s_c − log Σ_{c' ∈ S} exp(s_c') + log(mass of S) (the softmax's normaliser is common to all classes)."""
     classes, pos, inside = _columns(torch.cat([base, novel]), labels)
+
     def side(cls: torch.Tensor, mass: float) -> torch.Tensor:
         return np.log(mass) - scores.index_select(1, cls).logsumexp(1, keepdim=True)
 
