@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import multiprocessing
 import os
 import sys
-from typing import Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
@@ -32,6 +33,16 @@ def available_cpus() -> int:
     if slurm.isdigit() and int(slurm) > 0:
         counts.append(int(slurm))
     return max(1, min(counts))
+
+
+def forked_map(fn: Callable, items: Iterable, processes: int, chunksize: int = 1) -> Iterator:
+    """`fn` over `items`, results in order: here, or with `processes` > 1 in that many forked processes, which
+    inherit this process's memory (what `fn` reads from module state is not pickled) and run the same code."""
+    if processes < 2:
+        yield from map(fn, items)
+        return
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        yield from pool.imap(fn, items, chunksize)
 
 
 def _cgroup_quota(path: str = "/sys/fs/cgroup/cpu.max") -> Optional[int]:

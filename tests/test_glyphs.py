@@ -36,7 +36,9 @@ def test_registry_and_easy_variant(cache):
     assert ds.train_images.shape == (72, 1, 32, 32) and ds.meta["variant"] == "easy"
 
 
-def test_two_generations_are_byte_identical(small, tmp_path):
+def test_two_generations_are_byte_identical_in_one_or_two_processes(small, tmp_path, monkeypatch):
+    monkeypatch.setattr(G, "available_cpus", lambda: 2)
+    monkeypatch.setattr(G, "IMAGES_PER_PROCESS", 1)  # `small` was rendered here, this one by two forked processes
     again = G.glyphs(**SMALL, cache_dir=str(tmp_path))
     for name in ("train_images", "train_labels", "test_images", "test_labels"):
         assert getattr(again, name).tobytes() == getattr(small, name).tobytes()

@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from lowshot.errors import InputError
-from lowshot.runtime import progress
+from lowshot.runtime import forked_map, progress
 
 
 class UnreadableImage(InputError):
@@ -113,14 +113,6 @@ def _problem(path: str) -> Optional[str]:
 def undecodable(root: str, names: Sequence[str], processes: int) -> List[str]:
     """"<path>: <problem>" for every image under `root` that does not decode, all of them, with a progress bar
     (on a terminal); `processes` (forked, no torch in them) decode in parallel."""
-    from multiprocessing import get_context
-
     paths = [os.path.join(root, n) for n in names]
-
-    def collect(problems) -> List[str]:
-        return [p for p in progress(problems, total=len(paths), desc="verify images", unit="image") if p]
-
-    if processes < 2:
-        return collect(map(_problem, paths))
-    with get_context("fork").Pool(processes) as pool:
-        return collect(pool.imap(_problem, paths, chunksize=64))
+    problems = forked_map(_problem, paths, processes, chunksize=64)
+    return [p for p in progress(problems, total=len(paths), desc="verify images", unit="image") if p]

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import sys
 import time
 from dataclasses import dataclass, field
@@ -65,7 +64,7 @@ from lowshot.run import (
     test_features_path,
     trained_model,
 )
-from lowshot.runtime import available_cpus, pick_device, progress
+from lowshot.runtime import available_cpus, forked_map, pick_device, progress
 
 CHUNK_BYTES = 1 << 24  # features of the episodes a batched head scores together, unless it says otherwise
 
@@ -410,7 +409,7 @@ def episodes(cfg: EpisodesConfig) -> str:
     _SCORING = (cfg, feats, task, models, dict(notes), inputs)
     try:
         with progress(total=len(files), desc="episode settings", unit="setting") as bar:
-            for found, skipped in _map(_score_one, files, _jobs(cfg, device, len(files))):
+            for found, skipped in forked_map(_score_one, files, _jobs(cfg, device, len(files))):
                 records += found
                 notes.update(skipped)
                 bar.update()
@@ -433,15 +432,6 @@ def _jobs(cfg: EpisodesConfig, device: torch.device, files: int) -> int:
     if cfg.jobs:
         return max(1, min(cfg.jobs, files))
     return 1 if device.type != "cpu" else max(1, min(available_cpus() // torch.get_num_threads(), files))
-
-
-def _map(fn, items: list, processes: int):
-    """`fn` over `items` in order, here or in forked processes (each file is scored by the same code either way)."""
-    if processes < 2:
-        yield from map(fn, items)
-        return
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
-        yield from pool.imap(fn, items)
 
 
 def _out_dir(cfg: EpisodesConfig) -> Path:

@@ -7,7 +7,6 @@ block by block. Peak memory is thus set by the setup's rows, not by the file.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from lowshot.run import (
     rows_of,
     trained_model,
 )
-from lowshot.runtime import available_cpus, pick_device, progress
+from lowshot.runtime import available_cpus, forked_map, pick_device, progress
 
 SHOTS = (1, 2, 5, 10, 20)
 EXPERIMENTS = (1, 2, 3, 4, 5)
@@ -290,12 +289,8 @@ def run_cells(ctx: Context, cells: List[Tuple[str, int, int]], processes: int):
     that share the loaded features; every cell is seeded by its coordinates and runs on this process's threads,
     so its result does not depend on the number of processes."""
     global _CONTEXT
-    if processes < 2:
-        yield from ((cell, run_cell(ctx, *cell)) for cell in cells)
-        return
     _CONTEXT = ctx
     try:
-        with multiprocessing.get_context("fork").Pool(processes) as pool:
-            yield from pool.imap(_cell, cells)
+        yield from forked_map(_cell, cells, processes)
     finally:
         _CONTEXT = None
